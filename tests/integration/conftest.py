@@ -1,0 +1,182 @@
+"""The real tier: a libvirt daemon with tiny QEMU guests (no OS, tens of MiB of RAM).
+
+Everything a test creates has a unique ``vmsnaptest-`` name and is removed afterwards.
+Under CI (``VMSNAP_REQUIRE_REAL=1``) a missing daemon or QEMU fails the tests instead of
+skipping them, so the tier can never silently not run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from vmsnapgui.core.domain_xml import DiskSpec, tiny_domain_xml
+from vmsnapgui.virt.demo_lab import write_through_monitor
+from vmsnapgui.virt.event_loop import ensure_event_loop
+
+SYSTEM_URI = "qemu:///system"
+PREFIX = "vmsnaptest-"
+MIB = 1024 * 1024
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("VMSNAP_REQUIRE_REAL") == "1":
+        pytest.fail(f"the real libvirt tier must run here but cannot: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def system_conn() -> Iterator[libvirt.virConnect]:
+    """A connection to the system daemon; leftovers of crashed earlier runs are removed."""
+    for tool in ("qemu-img", "qemu-io", "virsh"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} is not installed")
+    ensure_event_loop()
+    try:
+        conn = libvirt.open(SYSTEM_URI)
+    except libvirt.libvirtError as exc:
+        unavailable(f"no libvirt daemon at {SYSTEM_URI}: {exc.get_error_message()}")
+    for dom in conn.listAllDomains(0):
+        if dom.name().startswith(PREFIX):
+            remove_domain(dom)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def guest_root() -> Iterator[Path]:
+    """Where test images live: readable by QEMU, which runs as another user."""
+    root = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/var/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def domain_type(system_conn: libvirt.virConnect, guest_root: Path) -> str:
+    """``kvm`` when a KVM guest really starts here, ``qemu`` (TCG) otherwise."""
+    image = guest_root / "probe.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
+    for kind in ("kvm", "qemu"):
+        name = f"{PREFIX}probe-{uuid.uuid4().hex[:6]}"
+        dom = system_conn.defineXML(tiny_domain_xml(name, [DiskSpec(str(image))], domain_type=kind))
+        try:
+            dom.create()
+            return kind
+        except libvirt.libvirtError:
+            continue
+        finally:
+            remove_domain(dom)
+    unavailable("neither a KVM nor a TCG guest would start")
+    raise AssertionError("unreachable")
+
+
+def remove_domain(dom: libvirt.virDomain) -> None:
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+    try:
+        dom.undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        )
+    except libvirt.libvirtError:
+        pass
+
+
+def qemu_img(*argv: str) -> str:
+    return subprocess.run(["qemu-img", *argv], check=True, capture_output=True, text=True).stdout
+
+
+def virsh(uri: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["virsh", "-q", "-c", uri, *argv], check=check, capture_output=True, text=True
+    )
+
+
+@dataclass
+class Guest:
+    """A tiny QEMU guest on the system daemon, with helpers to write into its disks."""
+
+    dom: libvirt.virDomain
+    directory: Path
+    disks: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.dom.name())
+
+    def write(self, pattern: int, offset: int, length: int, target: str = "vda") -> None:
+        """Write ``length`` bytes of ``pattern`` at ``offset`` (live, or with qemu-io)."""
+        if self.dom.isActive():
+            index = sorted(self.disks).index(target)
+            write_through_monitor(self.dom, pattern, offset, length, device=f"virtio-disk{index}")
+        else:
+            subprocess.run(
+                [
+                    "qemu-io",
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    f"write -P {pattern:#x} {offset} {length}",
+                    str(self.disks[target]),
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+
+GuestFactory = Callable[..., Guest]
+
+
+@pytest.fixture
+def make_guest(
+    system_conn: libvirt.virConnect, guest_root: Path, domain_type: str
+) -> Iterator[GuestFactory]:
+    """Create guests named ``vmsnaptest-…``; all are removed with their files afterwards."""
+    made: list[Guest] = []
+
+    def factory(
+        *,
+        disks: tuple[str, ...] = ("vda",),
+        size: str = "128M",
+        start: bool = False,
+        memory_mib: int = 64,
+    ) -> Guest:
+        name = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+        directory = guest_root / name
+        directory.mkdir()
+        directory.chmod(0o777)  # QEMU writes external snapshot overlays here
+        paths = {}
+        for target in disks:
+            path = directory / f"{target}.qcow2"
+            qemu_img("create", "-q", "-f", "qcow2", str(path), size)
+            paths[target] = path
+        xml = tiny_domain_xml(
+            name,
+            [DiskSpec(str(p), target=t) for t, p in paths.items()],
+            memory_mib=memory_mib,
+            domain_type=domain_type,
+        )
+        dom = system_conn.defineXML(xml)
+        guest = Guest(dom, directory, paths)
+        made.append(guest)
+        if start:
+            dom.create()
+        return guest
+
+    yield factory
+    for guest in made:
+        remove_domain(guest.dom)
+        shutil.rmtree(guest.directory, ignore_errors=True)

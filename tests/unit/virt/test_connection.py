@@ -1,0 +1,115 @@
+"""Opening connections: capabilities, the event loop thread, and failures in plain words."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmsnapgui.virt.connection import (
+    Connection,
+    ConnectionState,
+    ConnectionStatus,
+    split_version,
+    validate_uri,
+)
+from vmsnapgui.virt.errors import VirtError
+from vmsnapgui.virt.event_loop import ensure_event_loop
+
+
+def test_opening_the_test_driver_reads_capabilities_once(lab_uri: str) -> None:
+    seen: list[ConnectionStatus] = []
+    connection = Connection(lab_uri)
+    connection.add_status_listener(seen.append)
+    connection.open()
+    try:
+        caps = connection.capabilities
+        assert caps.uri == lab_uri
+        assert caps.driver == "TEST"
+        assert caps.libvirt_version >= (9, 0, 0)
+        assert caps.external_delete is False  # only the QEMU driver deletes external snapshots
+        assert connection.is_connected
+        assert [s.state for s in seen] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED]
+    finally:
+        connection.close()
+    assert connection.status.state is ConnectionState.CLOSED
+    with pytest.raises(VirtError, match="Not connected"):
+        _ = connection.conn
+
+
+def test_the_event_loop_runs_on_its_own_thread_and_starts_once() -> None:
+    loop = ensure_event_loop()
+    assert ensure_event_loop() is loop
+    assert loop.thread.is_alive()
+    assert loop.thread is not threading.main_thread()
+    assert loop.thread.daemon
+
+
+def test_versions_unpack_like_libvirt_packs_them() -> None:
+    assert split_version(9_009_000) == (9, 9, 0)
+    assert split_version(11_003_001) == (11, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("", "The connection URI is empty; try qemu:///system."),
+        ("   ", "The connection URI is empty; try qemu:///system."),
+        ("qemu:///system\n", None),
+        ("qemu:///sys\x07tem", "The connection URI contains control characters."),
+        (
+            "localhost",
+            "'localhost' is not a libvirt URI; it should look like qemu:///system or qemu+ssh://user@host/system.",
+        ),
+        (
+            "test://relative.xml",
+            "A test-driver URI needs an absolute path: test:///path/to/file.xml.",
+        ),
+        ("test:///no/such/file.xml", "The test-driver file /no/such/file.xml does not exist."),
+        ("q" * 5000 + "://x", "The connection URI is too long."),
+    ],
+)
+def test_uris_are_validated_with_a_clear_message(uri: str, message: str | None) -> None:
+    if message is None:
+        assert validate_uri(uri) == uri.strip()
+        return
+    with pytest.raises(VirtError) as caught:
+        validate_uri(uri)
+    assert caught.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (
+            "bogus:///x",
+            "No libvirt driver handles 'bogus:///x'; check the URI or install the driver.",
+        ),
+        ("qemu://", "'qemu://' is not a valid libvirt URI (for example qemu:///system)."),
+        (
+            "qemu+unix:///system?socket=/nonexistent/libvirt-sock",
+            "The libvirt daemon is not running on this computer (nothing listens on its socket).",
+        ),
+        (
+            "qemu+tcp://127.0.0.1:1/system",
+            "No libvirt daemon is listening on '127.0.0.1' (connection refused).",
+        ),
+    ],
+)
+def test_connection_failures_are_one_sentence(uri: str, expected: str) -> None:
+    connection = Connection(uri, reconnect=False)
+    with pytest.raises(VirtError) as caught:
+        connection.open()
+    assert caught.value.message == expected
+    assert caught.value.detail  # libvirt's own words are kept for the details view
+    assert connection.status.state is ConnectionState.FAILED
+    assert connection.status.reason == expected
+
+
+def test_a_malformed_test_driver_file_is_explained(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<node><domain>")
+    connection = Connection(f"test://{broken}", reconnect=False)
+    with pytest.raises(VirtError, match="could not be read as libvirt XML"):
+        connection.open()

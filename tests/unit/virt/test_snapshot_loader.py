@@ -1,0 +1,132 @@
+"""Loading snapshot trees on the test driver: shape, incremental refresh and domains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libvirt
+import pytest
+
+from vmsnapgui.core.snapshot import DomainState, MemoryKind
+from vmsnapgui.core.snapshot_xml import snapshot_request_xml
+from vmsnapgui.virt.connection import Connection
+from vmsnapgui.virt.errors import VirtError
+from vmsnapgui.virt.snapshot_loader import SnapshotLoader
+
+
+@pytest.fixture
+def loader(lab_uri: str) -> Iterator[SnapshotLoader]:
+    # Each test driver connection to a file gets its own private copy of the host.
+    connection = Connection(lab_uri)
+    connection.open()
+    loader = SnapshotLoader(connection, max_threads=8)
+    yield loader
+    loader.close()
+    connection.close()
+
+
+def test_the_web_tree_has_its_branches_current_and_order(loader: SnapshotLoader) -> None:
+    loaded = loader.load("web")
+    tree = loaded.tree
+    assert loaded.domain.name == "web"
+    assert loaded.domain.state is DomainState.RUNNING
+    assert tree.roots == ("base",)
+    assert tree.children("nginx-installed") == ("tls & certs", "php-experiment")
+    assert tree.current == "before-upgrade"
+    assert tree.names() == (
+        "base",
+        "nginx-installed",
+        "tls & certs",
+        "before-upgrade",
+        "php-experiment",
+        "php-tuned",
+    )
+    assert (
+        tree["tls & certs"].description == 'Let\'s Encrypt <staging> certificates — "ünïcode" too'
+    )
+    assert tree["nginx-installed"].memory is MemoryKind.INTERNAL
+    assert loaded.fetched == 6
+
+
+def test_external_and_disk_only_snapshots_keep_their_files(loader: SnapshotLoader) -> None:
+    tree = loader.load("db").tree
+    first = tree["s1-disk-only"]
+    assert first.is_disk_only and first.is_external and not first.has_memory
+    assert [(d.target, d.kind.value, d.file) for d in first.disks] == [
+        ("vda", "external", "/var/lib/libvirt/images/db.s1"),
+        ("vdb", "no", None),
+    ]
+    assert tree["s2-with-memory"].memory_file == "/var/lib/libvirt/qemu/snapshot/db/s2.mem"
+
+
+def test_a_refresh_fetches_only_new_snapshots(loader: SnapshotLoader) -> None:
+    first = loader.load("web")
+    assert first.fetched == 6
+    again = loader.load("web")
+    assert again.fetched == 0
+    assert again.tree.names() == first.tree.names()
+
+    dom = loader.lookup("web")
+    dom.snapshotCreateXML(snapshot_request_xml("fresh", "made behind the loader's back"), 0)
+    refreshed = loader.load("web")
+    assert refreshed.fetched == 1
+    assert refreshed.tree.current == "fresh"
+    assert refreshed.tree.parent("fresh") == "before-upgrade"
+
+
+def test_a_deleted_snapshot_vanishes_and_its_children_are_refetched(loader: SnapshotLoader) -> None:
+    loader.load("web")
+    dom = loader.lookup("web")
+    dom.snapshotLookupByName("php-experiment", 0).delete(0)
+    refreshed = loader.load("web")
+    assert "php-experiment" not in refreshed.tree
+    # php-tuned now hangs off nginx-installed; only it was fetched again.
+    assert refreshed.tree.parent("php-tuned") == "nginx-installed"
+    assert refreshed.fetched == 1
+
+
+def test_refetch_all_after_a_revert_reads_everything_again(loader: SnapshotLoader) -> None:
+    loader.load("web")
+    assert loader.load("web", refetch_all=True).fetched == 6
+
+
+def test_the_signature_changes_when_snapshots_do(loader: SnapshotLoader) -> None:
+    dom = loader.lookup("web")
+    before = loader.signature(dom)
+    assert before.current == "before-upgrade" and len(before.names) == 6
+    dom.snapshotCreateXML(snapshot_request_xml("another"), 0)
+    after = loader.signature(dom)
+    assert after != before
+    assert after.current == "another"
+
+
+def test_domains_are_listed_with_state_count_and_current(loader: SnapshotLoader) -> None:
+    summaries = {d.name: d for d in loader.list_domains()}
+    assert sorted(summaries) == ["build", "db", "odd", "web"]
+    assert summaries["web"].snapshot_count == 6
+    assert summaries["web"].current_snapshot == "before-upgrade"
+    assert summaries["build"].state is DomainState.SHUTOFF
+    assert summaries["build"].snapshot_count == 0
+    assert summaries["db"].state is DomainState.RUNNING
+    assert all(d.persistent for d in summaries.values())
+
+
+def test_an_unknown_domain_is_one_sentence(loader: SnapshotLoader, lab_uri: str) -> None:
+    with pytest.raises(VirtError) as caught:
+        loader.load("nope")
+    assert caught.value.message == f"There is no virtual machine called 'nope' on {lab_uri}."
+
+
+def test_lookup_by_uuid_works_too(loader: SnapshotLoader) -> None:
+    assert loader.load("6695eb01-f6a4-8304-79aa-97f2502e1931").domain.name == "db"
+
+
+def test_a_domain_without_snapshots_has_an_empty_tree(loader: SnapshotLoader) -> None:
+    loaded = loader.load("build")
+    assert len(loaded.tree) == 0 and loaded.tree.current is None
+
+
+def test_the_loader_uses_libvirt_objects_not_just_names(loader: SnapshotLoader) -> None:
+    dom = loader.lookup("odd")
+    assert isinstance(dom, libvirt.virDomain)
+    assert loader.load(dom).tree.roots == ("same-time-a", "same-time-b")

@@ -1,0 +1,250 @@
+"""The libvirt event loop: one thread that serves keepalive, close callbacks and events.
+
+libvirt needs an event loop registered before the first connection opens. Its default
+implementation iterates GLib's *default* main context, which Qt's GUI thread iterates
+too, so the two threads would steal each other's sources. libvirt-python's asyncio
+adapter avoids that but is not thread-safe: libvirt registers handles and timers from
+whichever thread makes a call, and asyncio objects may only be touched from their own
+loop. This module implements libvirt's event interface directly with ``select.poll`` on a
+private thread; every registration takes a lock and wakes the loop through a pipe, so
+any thread may call in. Callbacks run on the loop thread and must only hand work on
+(emit a signal, set an event), never block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+_log = logging.getLogger(__name__)
+
+_POLL_FROM_LIBVIRT = {
+    libvirt.VIR_EVENT_HANDLE_READABLE: select.POLLIN,
+    libvirt.VIR_EVENT_HANDLE_WRITABLE: select.POLLOUT,
+}
+_LIBVIRT_FROM_POLL = {
+    select.POLLIN: libvirt.VIR_EVENT_HANDLE_READABLE,
+    select.POLLPRI: libvirt.VIR_EVENT_HANDLE_READABLE,
+    select.POLLOUT: libvirt.VIR_EVENT_HANDLE_WRITABLE,
+    select.POLLERR: libvirt.VIR_EVENT_HANDLE_ERROR,
+    select.POLLHUP: libvirt.VIR_EVENT_HANDLE_HANGUP,
+}
+
+
+@dataclass
+class _Handle:
+    fd: int
+    events: int
+    callback: Callable[..., Any]
+    opaque: Any
+
+
+@dataclass
+class _Timer:
+    interval_ms: int
+    due: float
+    callback: Callable[..., Any]
+    opaque: Any
+
+
+class LibvirtEventLoop:
+    """A thread-safe implementation of libvirt's event loop interface."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._handles: dict[int, _Handle] = {}
+        self._timers: dict[int, _Timer] = {}
+        self._to_free: list[Any] = []
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="libvirt-events", daemon=True)
+        self.iterations = 0
+
+    def start(self) -> None:
+        """Register with libvirt and start the loop thread."""
+        libvirt.virEventRegisterImpl(
+            self._add_handle,
+            self._update_handle,
+            self._remove_handle,
+            self._add_timer,
+            self._update_timer,
+            self._remove_timer,
+        )
+        self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread that runs libvirt's callbacks."""
+        return self._thread
+
+    # -- libvirt's interface (called from any thread) ---------------------------------
+
+    def _add_handle(self, fd: int, events: int, callback: Callable[..., Any], opaque: Any) -> int:
+        with self._lock:
+            watch = next(self._ids)
+            self._handles[watch] = _Handle(fd, events, callback, opaque)
+        self._wake()
+        return watch
+
+    def _update_handle(self, watch: int, events: int) -> None:
+        with self._lock:
+            handle = self._handles.get(watch)
+            if handle is not None:
+                handle.events = events
+        self._wake()
+
+    def _remove_handle(self, watch: int) -> int:
+        with self._lock:
+            handle = self._handles.pop(watch, None)
+            if handle is None:
+                return -1
+            self._to_free.append(handle.opaque)
+        self._wake()
+        return 0
+
+    def _add_timer(self, interval_ms: int, callback: Callable[..., Any], opaque: Any) -> int:
+        with self._lock:
+            timer_id = next(self._ids)
+            self._timers[timer_id] = _Timer(
+                interval_ms, time.monotonic() + max(interval_ms, 0) / 1000, callback, opaque
+            )
+        self._wake()
+        return timer_id
+
+    def _update_timer(self, timer_id: int, interval_ms: int) -> None:
+        with self._lock:
+            timer = self._timers.get(timer_id)
+            if timer is not None:
+                timer.interval_ms = interval_ms
+                timer.due = time.monotonic() + max(interval_ms, 0) / 1000
+        self._wake()
+
+    def _remove_timer(self, timer_id: int) -> int:
+        with self._lock:
+            timer = self._timers.pop(timer_id, None)
+            if timer is None:
+                return -1
+            self._to_free.append(timer.opaque)
+        self._wake()
+        return 0
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is about to wake anyway
+
+    # -- the loop thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._iterate()
+            except Exception:  # a callback must never kill the loop
+                _log.exception("libvirt event loop callback failed")
+
+    def _iterate(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        with self._lock:
+            interest: dict[int, int] = {}
+            for handle in self._handles.values():
+                mask = 0
+                for flag, poll_flag in _POLL_FROM_LIBVIRT.items():
+                    if handle.events & flag:
+                        mask |= poll_flag
+                interest[handle.fd] = interest.get(handle.fd, 0) | mask
+            now = time.monotonic()
+            timeout_ms: float = -1
+            for timer in self._timers.values():
+                if timer.interval_ms < 0:
+                    continue
+                wait = max(0.0, (timer.due - now) * 1000)
+                timeout_ms = wait if timeout_ms < 0 else min(timeout_ms, wait)
+        for fd, mask in interest.items():
+            if fd != self._wake_read:
+                poller.register(fd, mask)
+
+        ready = poller.poll(None if timeout_ms < 0 else max(0, int(timeout_ms + 0.999)))
+        self.iterations += 1
+
+        fired: list[tuple[int, int, int]] = []
+        for fd, revents in ready:
+            if fd == self._wake_read:
+                try:
+                    while os.read(self._wake_read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            events = 0
+            for poll_flag, flag in _LIBVIRT_FROM_POLL.items():
+                if revents & poll_flag:
+                    events |= flag
+            fired.append((fd, revents, events))
+
+        for fd, _revents, events in fired:
+            with self._lock:
+                targets = [
+                    (watch, handle) for watch, handle in self._handles.items() if handle.fd == fd
+                ]
+            for watch, handle in targets:
+                wanted = events & (
+                    handle.events | libvirt.VIR_EVENT_HANDLE_ERROR | libvirt.VIR_EVENT_HANDLE_HANGUP
+                )
+                # Re-check: an earlier callback in this round may have removed it.
+                with self._lock:
+                    still_there = self._handles.get(watch) is handle
+                if wanted and still_there:
+                    handle.callback(watch, fd, wanted, handle.opaque)
+
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (timer_id, timer)
+                for timer_id, timer in self._timers.items()
+                if timer.interval_ms >= 0 and timer.due <= now
+            ]
+            for _timer_id, timer in due:
+                timer.due = now + timer.interval_ms / 1000
+        for timer_id, timer in due:
+            with self._lock:
+                still_there = self._timers.get(timer_id) is timer
+            if still_there:
+                timer.callback(timer_id, timer.opaque)
+
+        with self._lock:
+            to_free, self._to_free = self._to_free, []
+        for opaque in to_free:
+            libvirt.virEventInvokeFreeCallback(opaque)
+
+
+def _ignore_error(_context: Any, _error: Any) -> None:
+    return None
+
+
+_loop: LibvirtEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def ensure_event_loop() -> LibvirtEventLoop:
+    """Start the event loop once per process; call before opening any connection."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            # libvirt prints every error to stderr unless a handler takes them; ours
+            # arrive as exceptions and are explained where they are caught.
+            libvirt.registerErrorHandler(_ignore_error, None)
+            loop = LibvirtEventLoop()
+            loop.start()
+            _loop = loop
+        return _loop
