@@ -25,7 +25,17 @@ from vmsnapgui.virt.event_loop import ensure_event_loop
 
 SYSTEM_URI = "qemu:///system"
 PREFIX = "vmsnaptest-"
+# Names carry the test process id, so a session removes only leftovers of sessions
+# that are gone, never the guests of one running beside it.
+SESSION_PREFIX = f"{PREFIX}{os.getpid()}-"
 MIB = 1024 * 1024
+
+
+def _is_orphan(name: str) -> bool:
+    owner = name[len(PREFIX) :].split("-", 1)[0]
+    if not owner.isdigit():
+        return False
+    return not os.path.exists(f"/proc/{owner}")
 
 
 def unavailable(reason: str) -> None:
@@ -46,7 +56,7 @@ def system_conn() -> Iterator[libvirt.virConnect]:
     except libvirt.libvirtError as exc:
         unavailable(f"no libvirt daemon at {SYSTEM_URI}: {exc.get_error_message()}")
     for dom in conn.listAllDomains(0):
-        if dom.name().startswith(PREFIX):
+        if dom.name().startswith(PREFIX) and _is_orphan(dom.name()):
             remove_domain(dom)
     yield conn
     conn.close()
@@ -67,7 +77,7 @@ def domain_type(system_conn: libvirt.virConnect, guest_root: Path) -> str:
     image = guest_root / "probe.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
     for kind in ("kvm", "qemu"):
-        name = f"{PREFIX}probe-{uuid.uuid4().hex[:6]}"
+        name = f"{SESSION_PREFIX}probe-{uuid.uuid4().hex[:6]}"
         dom = system_conn.defineXML(tiny_domain_xml(name, [DiskSpec(str(image))], domain_type=kind))
         try:
             dom.create()
@@ -154,7 +164,7 @@ def make_guest(
         start: bool = False,
         memory_mib: int = 64,
     ) -> Guest:
-        name = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+        name = f"{SESSION_PREFIX}{uuid.uuid4().hex[:8]}"
         directory = guest_root / name
         directory.mkdir()
         directory.chmod(0o777)  # QEMU writes external snapshot overlays here

@@ -99,7 +99,7 @@ class SnapshotLoader:
             )
 
         try:
-            summaries = self._map(describe, domains)
+            summaries = self.map_concurrently(describe, domains)
         except libvirt.libvirtError as exc:
             raise self._explain(exc, "reading the virtual machines") from None
         return sorted(summaries, key=lambda s: s.name.casefold())
@@ -162,7 +162,7 @@ class SnapshotLoader:
         to_fetch = [n for n in by_name if n not in cached or n in stale]
 
         try:
-            records = self._map(lambda n: _fetch_snapshot(by_name[n], n), to_fetch)
+            records = self.map_concurrently(lambda n: _fetch_snapshot(by_name[n], n), to_fetch)
         except libvirt.libvirtError as exc:
             raise self._explain(exc, f"reading the snapshots of {name!r}") from None
         for record in records:
@@ -221,7 +221,10 @@ class SnapshotLoader:
     def _submit(self, fn: Callable[[_T], _R], arg: _T) -> Future[_R]:
         return self._executor().submit(fn, arg)
 
-    def _map(self, fn: Callable[[_T], _R], items: Sequence[_T] | Iterable[_T]) -> list[_R]:
+    def map_concurrently(
+        self, fn: Callable[[_T], _R], items: Sequence[_T] | Iterable[_T]
+    ) -> list[_R]:
+        """``[fn(item) for item in items]`` run on the fetch threads, results in order."""
         items = list(items)
         if len(items) <= 1:
             return [fn(item) for item in items]
@@ -237,7 +240,7 @@ class SnapshotLoader:
                 for dom, values in stats
             }
         except libvirt.libvirtError:
-            states = self._map(_domain_state, domains)
+            states = self.map_concurrently(_domain_state, domains)
             return {dom.UUIDString(): state for dom, state in zip(domains, states, strict=True)}
 
     def _explain(self, exc: libvirt.libvirtError, doing: str) -> VirtError:

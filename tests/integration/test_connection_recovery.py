@@ -1,0 +1,79 @@
+"""A lost connection is noticed, reported with a reason, and reopened by itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.integration.socket_forwarder import SocketForwarder
+from vmsnapgui.virt.connection import Connection, ConnectionState, ConnectionStatus
+from vmsnapgui.virt.errors import VirtError
+from vmsnapgui.virt.snapshot_loader import SnapshotLoader
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def forwarder(system_conn: object) -> Iterator[SocketForwarder]:
+    forwarder = SocketForwarder()
+    forwarder.start()
+    yield forwarder
+    forwarder.cut()
+
+
+def test_a_dropped_connection_is_lost_then_reconnected(forwarder: SocketForwarder) -> None:
+    seen: list[ConnectionStatus] = []
+    connection = Connection(f"qemu+tcp://127.0.0.1:{forwarder.port}/system", keepalive=(1, 2))
+    connection.add_status_listener(seen.append)
+    connection.open()
+    loader = SnapshotLoader(connection, max_threads=4)
+    try:
+        loader.list_domains()
+        generation = connection.generation
+
+        forwarder.cut()
+        wait_for(lambda: connection.status.state is ConnectionState.LOST)
+        # A cut socket reads as EOF or as an error, depending on how it closed.
+        assert connection.status.reason in (
+            "the host closed the connection",
+            "a network error broke the connection",
+        )
+        with pytest.raises(VirtError):
+            loader.list_domains()  # fails with a sentence, not a traceback
+
+        # While the host is away the connection keeps trying, with growing pauses.
+        time.sleep(1.5)
+        assert connection.status.state in (ConnectionState.LOST, ConnectionState.CONNECTING)
+
+        forwarder.start()  # the same port comes back
+        wait_for(lambda: connection.status.state is ConnectionState.CONNECTED, timeout=30)
+        assert connection.generation == generation + 1
+        assert isinstance(loader.list_domains(), list)
+        states = [s.state for s in seen]
+        assert states[:2] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED]
+        assert ConnectionState.LOST in states
+        assert states[-1] is ConnectionState.CONNECTED
+    finally:
+        loader.close()
+        connection.close()
+    assert connection.status.state is ConnectionState.CLOSED
+
+
+def test_closing_on_purpose_stops_reconnecting(forwarder: SocketForwarder) -> None:
+    connection = Connection(f"qemu+tcp://127.0.0.1:{forwarder.port}/system", keepalive=(1, 2))
+    connection.open()
+    forwarder.cut()
+    wait_for(lambda: connection.status.state is ConnectionState.LOST)
+    connection.close()
+    forwarder.start()
+    time.sleep(2.5)
+    assert connection.status.state is ConnectionState.CLOSED
