@@ -238,3 +238,23 @@ def snapshot_request_xml(
                 if disk.file:
                     ET.SubElement(element, "source", file=disk.file)
     return ET.tostring(root, encoding="unicode")
+
+
+def with_description(snapshot_xml: str, description: str | None) -> str:
+    """The same snapshot XML with its description replaced (or removed when None).
+
+    Used to redefine a snapshot after the user edits its description.
+    """
+    root = ET.fromstring(snapshot_xml)
+    element = root.find("description")
+    if description is None or description == "":
+        if element is not None:
+            root.remove(element)
+    else:
+        if element is None:
+            element = ET.Element("description")
+            name = root.find("name")
+            position = list(root).index(name) + 1 if name is not None else 0
+            root.insert(position, element)
+        element.text = description
+    return ET.tostring(root, encoding="unicode")

@@ -191,6 +191,11 @@ class SnapshotLoader:
             else:
                 self._cache.pop(uuid, None)
 
+    def forget(self, uuid: str, name: str) -> None:
+        """Forget one cached snapshot so the next load fetches it again."""
+        with self._cache_lock:
+            self._cache.get(uuid, {}).pop(name, None)
+
     def close(self) -> None:
         """Stop the fetch threads."""
         with self._pool_lock:
