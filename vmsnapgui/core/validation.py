@@ -35,7 +35,8 @@ def validate_description(text: str) -> str:
     """Return ``text`` when it can be a description (several lines are fine)."""
     if len(text) > MAX_DESCRIPTION_LENGTH:
         raise ValidationError(
-            f"The description is too long ({len(text)} characters; at most {MAX_DESCRIPTION_LENGTH})."
+            f"The description is too long ({len(text)} characters; "
+            f"at most {MAX_DESCRIPTION_LENGTH})."
         )
     if any(_is_control(ch) and ch not in "\n\t" for ch in text):
         raise ValidationError(

@@ -8,8 +8,8 @@ import pytest
 
 from vmsnapgui.core.validation import ValidationError
 from vmsnapgui.virt.connection import Connection
-from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 from vmsnapgui.virt.operations import set_description
+from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 
 @pytest.fixture
