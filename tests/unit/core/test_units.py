@@ -18,7 +18,8 @@ from vmsnapgui.core.units import format_bytes
         (268435456, "256 MiB"),
         (50 * 1024**3, "50.0 GiB"),
         (-2048, "-2.00 KiB"),
-        (3 * 1024**6, "3.00 PiB"),
+        (3 * 1024**5, "3.00 PiB"),
+        (3 * 1024**6, "3072 PiB"),
     ],
 )
 def test_format_bytes(count: int | None, text: str) -> None:
