@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         from vmsnapgui.virt.demo_lab import ensure_demo_lab
 
         uri = ensure_demo_lab(reset=args.demo_reset, progress=_progress_to_stderr).uri
-    connection = Connection(uri, read_only=args.read_only, reconnect=False)
+    connection = Connection(uri, read_only=args.read_only, monitor=False)
     connection.open()
     loader = SnapshotLoader(connection)
     try:

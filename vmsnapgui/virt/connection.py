@@ -14,13 +14,14 @@ import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import libvirt
 
-from vmsnapgui.virt.errors import VirtError, explain_open_error
+from vmsnapgui.virt.errors import VirtError, explain, explain_open_error
 from vmsnapgui.virt.event_loop import ensure_event_loop
 
 _log = logging.getLogger(__name__)
@@ -103,32 +104,40 @@ def validate_uri(uri: str) -> str:
 
 
 def read_capabilities(conn: libvirt.virConnect) -> Capabilities:
-    """Ask the host once what it is and what it supports."""
-    uri = conn.getURI()
-    driver = conn.getType()
-    version = split_version(conn.getLibVersion())
-    try:
-        hv_number = conn.getVersion()
-        hypervisor_version = split_version(hv_number) if hv_number else None
-    except libvirt.libvirtError:
-        hypervisor_version = None
-    try:
-        hostname = conn.getHostname()
-    except libvirt.libvirtError:
-        hostname = urlsplit(uri).hostname or "localhost"
+    """Ask the host once what it is and what it supports.
+
+    The six calls run side by side: over a slow link that is one round trip, not six.
+    """
+
+    def optional(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except libvirt.libvirtError:
+            return None
+
+    with ThreadPoolExecutor(6, thread_name_prefix="libvirt-caps") as pool:
+        uri_f = pool.submit(conn.getURI)
+        driver_f = pool.submit(conn.getType)
+        version_f = pool.submit(conn.getLibVersion)
+        hv_f = pool.submit(optional, conn.getVersion)
+        host_f = pool.submit(optional, conn.getHostname)
+        caps_f = pool.submit(optional, conn.getCapabilities)
+        uri, driver, version_number = uri_f.result(), driver_f.result(), version_f.result()
+        hv_number, hostname, caps_xml = hv_f.result(), host_f.result(), caps_f.result()
+    version = split_version(version_number)
     advertised = False
-    try:
-        caps = ET.fromstring(conn.getCapabilities())
-        advertised = caps.find(".//externalSnapshot") is not None
-    except (libvirt.libvirtError, ET.ParseError):
-        pass
-    is_qemu = driver.upper() == "QEMU"
+    if caps_xml:
+        try:
+            advertised = ET.fromstring(caps_xml).find(".//externalSnapshot") is not None
+        except ET.ParseError:
+            pass
+    is_qemu = str(driver).upper() == "QEMU"
     return Capabilities(
         uri=uri,
-        hostname=hostname,
+        hostname=hostname or urlsplit(uri).hostname or "localhost",
         driver=driver,
         libvirt_version=version,
-        hypervisor_version=hypervisor_version,
+        hypervisor_version=split_version(hv_number) if hv_number else None,
         external_revert=advertised or (is_qemu and version >= EXTERNAL_REVERT_VERSION),
         external_delete=is_qemu and version >= EXTERNAL_DELETE_VERSION,
     )
@@ -144,6 +153,10 @@ class Connection:
     ``open()`` blocks (call it off the GUI thread). When the connection drops, listeners
     hear ``LOST`` and a background thread reopens it with growing pauses until it
     succeeds or :meth:`close` is called.
+
+    ``monitor=False`` is for one-shot commands: no keepalive, close callback or domain
+    events, whose set-up costs round trips a short-lived process does not need.
+    Capabilities are read on first use.
     """
 
     def __init__(
@@ -153,14 +166,17 @@ class Connection:
         read_only: bool = False,
         keepalive: tuple[int, int] = (5, 3),
         reconnect: bool = True,
+        monitor: bool = True,
     ) -> None:
         self.requested_uri = validate_uri(uri) if uri is not None else None
         self.read_only = read_only
         self._keepalive = keepalive
-        self._reconnect = reconnect
+        self._reconnect = reconnect and monitor
+        self._monitor = monitor
         self._lock = threading.RLock()
         self._conn: libvirt.virConnect | None = None
         self._capabilities: Capabilities | None = None
+        self._uri: str | None = None
         self._status = ConnectionStatus(self.display_uri, ConnectionState.DISCONNECTED)
         self._listeners: list[StatusListener] = []
         self._domain_listeners: list[DomainEventListener] = []
@@ -174,9 +190,7 @@ class Connection:
     @property
     def display_uri(self) -> str:
         """The URI as the user knows it (the default one once known)."""
-        if self._capabilities is not None:
-            return self._capabilities.uri
-        return self.requested_uri or "(default)"
+        return self._uri or self.requested_uri or "(default)"
 
     @property
     def status(self) -> ConnectionStatus:
@@ -185,10 +199,15 @@ class Connection:
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the host supports; raises when never connected."""
-        if self._capabilities is None:
-            raise VirtError(f"Not connected to {self.display_uri}.")
-        return self._capabilities
+        """What the host supports, read once per (re)connection on first use."""
+        with self._lock:
+            if self._capabilities is None:
+                conn = self.conn
+                try:
+                    self._capabilities = read_capabilities(conn)
+                except libvirt.libvirtError as exc:
+                    raise explain(exc, "reading the host's capabilities") from None
+            return self._capabilities
 
     @property
     def generation(self) -> int:
@@ -257,32 +276,35 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise explain_open_error(exc, uri) from None
         try:
-            capabilities = read_capabilities(conn)
+            # The canonical URI (what "default" resolved to) names the host everywhere.
+            uri_now = conn.getURI()
         except libvirt.libvirtError as exc:
             conn.close()
             raise explain_open_error(exc, uri) from None
-        try:
-            # Only remote transports support keepalive; local drivers refuse it.
-            conn.setKeepAlive(*self._keepalive)
-        except libvirt.libvirtError:
-            pass
         generation = self._generation + 1
-        try:
-            conn.registerCloseCallback(self._on_close, generation)
-        except libvirt.libvirtError:
-            pass  # in-process drivers (test, embed) cannot drop
         event_ids = []
-        try:
-            event_ids.append(
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        if self._monitor:
+            try:
+                # Only remote transports support keepalive; local drivers refuse it.
+                conn.setKeepAlive(*self._keepalive)
+            except libvirt.libvirtError:
+                pass
+            try:
+                conn.registerCloseCallback(self._on_close, generation)
+            except libvirt.libvirtError:
+                pass  # in-process drivers (test, embed) cannot drop
+            try:
+                event_ids.append(
+                    conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+                    )
                 )
-            )
-        except libvirt.libvirtError as exc:
-            _log.info("no lifecycle events from %s: %s", uri, exc)
+            except libvirt.libvirtError as exc:
+                _log.info("no lifecycle events from %s: %s", uri, exc)
         with self._lock:
             self._conn = conn
-            self._capabilities = capabilities
+            self._uri = uri_now
+            self._capabilities = None
             self._event_ids = event_ids
             self._generation = generation
         self._set_status(ConnectionState.CONNECTED)

@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-DEFAULT_FETCH_THREADS = 96
+DEFAULT_FETCH_THREADS = 128
 
 
 @dataclass(frozen=True, slots=True)
