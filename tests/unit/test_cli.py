@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from vmsnapgui.cli import main, printable
+from vmsnapgui.cli import main
+from vmsnapgui.cli.common import printable
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

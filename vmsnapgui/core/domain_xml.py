@@ -90,3 +90,115 @@ def domain_disks(domain_xml: str) -> list[DomainDisk]:
             )
         )
     return disks
+
+
+def has_pflash_firmware(domain_xml: str) -> bool:
+    """True for UEFI guests with a flash NVRAM (internal snapshots need newer libvirt)."""
+    root = ET.fromstring(domain_xml)
+    os_element = root.find("os")
+    if os_element is None:
+        return False
+    loader = os_element.find("loader")
+    return (loader is not None and loader.get("type") == "pflash") or os_element.get(
+        "firmware"
+    ) == "efi"
+
+
+def guest_agent_connected(domain_xml: str) -> bool:
+    """True when the QEMU guest agent channel exists and the agent is connected."""
+    root = ET.fromstring(domain_xml)
+    for channel in root.findall("./devices/channel"):
+        target = channel.find("target")
+        if target is not None and target.get("name") == "org.qemu.guest_agent.0":
+            return target.get("state") == "connected"
+    return False
+
+
+def nvram_path(domain_xml: str) -> str | None:
+    """The file holding a UEFI guest's variables, if any."""
+    root = ET.fromstring(domain_xml)
+    nvram = root.find("./os/nvram")
+    if nvram is None:
+        return None
+    return nvram.text.strip() if nvram.text and nvram.text.strip() else nvram.get("file")
+
+
+@dataclass(frozen=True, slots=True)
+class ClonedDisk:
+    """Where a cloned disk lives and in which format."""
+
+    path: str
+    driver_type: str
+
+
+def clone_domain_xml(
+    domain_xml: str,
+    new_name: str,
+    disks: dict[str, ClonedDisk],
+    *,
+    nvram: str | None = None,
+    description: str | None = None,
+) -> str:
+    """A definition for a clone: new name, no UUID and no MACs (libvirt makes new ones),
+    every writable disk pointing at its copy (``disks`` maps target -> copy).
+
+    Raises KeyError naming a writable file disk that ``disks`` does not cover, so a
+    clone can never silently share a disk with its source.
+    """
+    root = ET.fromstring(domain_xml)
+    root.attrib.pop("id", None)
+    _set_child_text(root, "name", new_name)
+    for tag in ("uuid", "genid"):
+        for element in root.findall(tag):
+            root.remove(element)
+    if description is not None:
+        _set_child_text(root, "description", description)
+    devices = root.find("devices")
+    if devices is not None:
+        for interface in devices.findall("interface"):
+            for mac in interface.findall("mac"):
+                interface.remove(mac)
+            for tap in interface.findall("target"):
+                interface.remove(tap)  # host tap names are per running guest
+        for disk in devices.findall("disk"):
+            target_element = disk.find("target")
+            target = target_element.get("dev", "") if target_element is not None else ""
+            read_only = disk.find("readonly") is not None or disk.get("device") in (
+                "cdrom",
+                "floppy",
+            )
+            if read_only:
+                continue
+            copy = disks[target]
+            for tag in ("source", "backingStore"):
+                for element in disk.findall(tag):
+                    disk.remove(element)
+            disk.set("type", "file")
+            driver = disk.find("driver")
+            if driver is None:
+                driver = ET.SubElement(disk, "driver", name="qemu")
+            driver.set("type", copy.driver_type)
+            source = ET.Element("source", file=copy.path)
+            disk.insert(list(disk).index(driver) + 1, source)
+    os_element = root.find("os")
+    if os_element is not None:
+        for element in os_element.findall("nvram"):
+            if nvram is None:
+                os_element.remove(element)
+            else:
+                element.attrib.pop("file", None)
+                element.text = nvram
+    # Runtime-only parts of a live definition have no place in a new one.
+    for tag in ("seclabel",):
+        for element in root.findall(tag):
+            if element.get("type") == "dynamic":
+                root.remove(element)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _set_child_text(root: ET.Element, tag: str, text: str) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.Element(tag)
+        root.insert(0 if tag == "name" else 1, element)
+    element.text = text

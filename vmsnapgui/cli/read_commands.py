@@ -1,105 +1,44 @@
-"""``vmsnap``: the command-line face of the snapshot engine.
-
-Exit status: 0 on success, 1 with one line on stderr on failure, 2 for usage errors.
-"""
+"""``vmsnap list`` and ``vmsnap tree``: the read verbs."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from vmsnapgui import __version__
-from vmsnapgui.core.errors import UserError
+from vmsnapgui.cli.common import (
+    EXIT_OK,
+    Session,
+    print_json,
+    print_table,
+    printable,
+    text_width,
+)
 from vmsnapgui.core.snapshot import DomainSummary, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for ``vmsnap``."""
-    parser = _Parser(
-        prog="vmsnap",
-        description="Snapshot trees, sizes and operations for libvirt virtual machines.",
-    )
-    parser.add_argument("--version", action="version", version=f"vmsnap {__version__}")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "-c", "--connect", metavar="URI", help="libvirt URI (default: libvirt's default)"
-    )
-    where.add_argument(
-        "--demo", action="store_true", help="use the built-in demo lab (built on first use)"
-    )
-    parser.add_argument(
-        "--demo-reset", action="store_true", help="rebuild the demo lab from scratch first"
-    )
-    parser.add_argument("--read-only", action="store_true", help="open the connection read-only")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
+def register(commands: Any) -> None:
+    """Add ``list`` and ``tree`` to the ``vmsnap`` parser."""
     listing = commands.add_parser("list", help="virtual machines with their snapshots")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=run_list)
 
     tree = commands.add_parser("tree", help="one virtual machine's snapshot tree")
     tree.add_argument("domain", metavar="DOMAIN", help="name or UUID of the virtual machine")
     tree.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+    tree.set_defaults(run=run_tree)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``vmsnap``."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as exc:
-        print(f"vmsnap: {exc.message}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("vmsnap: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+def run_list(args: argparse.Namespace, session: Session) -> int:
+    """``vmsnap list``."""
+    return _list(session.loader, args.json)
 
 
-def _run(args: argparse.Namespace) -> int:
-    # Heavy imports (libvirt) wait until a command really needs them.
-    from vmsnapgui.virt.connection import Connection
-    from vmsnapgui.virt.snapshot_loader import SnapshotLoader
-
-    uri = args.connect
-    if args.demo or args.demo_reset:
-        from vmsnapgui.virt.demo_lab import ensure_demo_lab
-
-        uri = ensure_demo_lab(reset=args.demo_reset, progress=_progress_to_stderr).uri
-    connection = Connection(uri, read_only=args.read_only, monitor=False)
-    connection.open()
-    loader = SnapshotLoader(connection)
-    try:
-        if args.command == "list":
-            return _list(loader, args.json)
-        if args.command == "tree":
-            return _tree(loader, args.domain, args.json)
-        raise AssertionError(args.command)
-    finally:
-        loader.close()
-        connection.close()
-
-
-def _progress_to_stderr(message: str) -> None:
-    print(f"vmsnap: {message}", file=sys.stderr, flush=True)
-
-
-# -- list ---------------------------------------------------------------------------
+def run_tree(args: argparse.Namespace, session: Session) -> int:
+    """``vmsnap tree``."""
+    return _tree(session.loader, args.domain, args.json)
 
 
 def _list(loader: Any, as_json: bool) -> int:
@@ -119,7 +58,7 @@ def _list(loader: Any, as_json: bool) -> int:
                 for d in domains
             ],
         }
-        _print_json(payload)
+        print_json(payload)
         return EXIT_OK
     if not domains:
         print(f"No virtual machines on {loader.connection.display_uri}.")
@@ -133,7 +72,7 @@ def _list(loader: Any, as_json: bool) -> int:
         )
         for d in domains
     ]
-    _print_table(("NAME", "STATE", "SNAPSHOTS", "CURRENT"), rows)
+    print_table(("NAME", "STATE", "SNAPSHOTS", "CURRENT"), rows)
     return EXIT_OK
 
 
@@ -172,9 +111,9 @@ def _tree(loader: Any, domain_name: str, as_json: bool) -> int:
     loaded = loader.load(domain_name)
     tree: SnapshotTree = loaded.tree
     for line in tree.problem_lines():
-        print(f"vmsnap: warning: {line}", file=sys.stderr)
+        print(f"vmsnap: warning: {printable(line)}", file=sys.stderr)
     if as_json:
-        _print_json(tree_json(loaded.connection_uri, loaded.domain, tree))
+        print_json(tree_json(loaded.connection_uri, loaded.domain, tree))
         return EXIT_OK
     domain: DomainSummary = loaded.domain
     count = len(tree)
@@ -219,11 +158,11 @@ def render_tree(tree: SnapshotTree, domain: DomainSummary) -> list[str]:
         walk(root, "", True, True)
     if tree.current is None:
         now_row("")
-    widths = [max(_width(row[i]) for row in rows) for i in range(3)]
+    widths = [max(text_width(row[i]) for row in rows) for i in range(3)]
     return [
         "  ".join(
             [
-                row[0] + " " * (widths[0] - _width(row[0])),
+                row[0] + " " * (widths[0] - text_width(row[0])),
                 row[1].ljust(widths[1]),
                 row[2].ljust(widths[2]),
                 row[3],
@@ -253,37 +192,3 @@ def _format_time(created: int | None) -> str:
     if created is None:
         return "?"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
-
-
-def _width(text: str) -> int:
-    return len(text)
-
-
-def printable(text: str) -> str:
-    """Text safe for a terminal: control characters shown as escapes, not obeyed."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
-
-
-def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
-
-
-def _print_json(payload: Any) -> None:
-    # Indented for a person at a terminal; compact otherwise, which lets the json
-    # module use its C encoder (json.dump with indent is pure Python: seconds for a
-    # 10,000-snapshot tree).
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(payload, indent=indent, ensure_ascii=False))
-    sys.stdout.write("\n")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
