@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 import pytest
 
-from vmsnapgui.core.domain_xml import DiskSpec, tiny_domain_xml
+from vmsnapgui.core.domain_xml import DiskSpec, domain_disks, tiny_domain_xml
 from vmsnapgui.virt.demo_lab import write_through_monitor
 from vmsnapgui.virt.event_loop import ensure_event_loop
 
@@ -127,24 +128,54 @@ class Guest:
     def name(self) -> str:
         return str(self.dom.name())
 
+    def active_image(self, target: str = "vda") -> str:
+        """The file the disk writes to now (the top overlay after external snapshots)."""
+        for disk in domain_disks(self.dom.XMLDesc(0)):
+            if disk.target == target and disk.source:
+                return disk.source
+        raise AssertionError(f"no disk {target}")
+
     def write(self, pattern: int, offset: int, length: int, target: str = "vda") -> None:
         """Write ``length`` bytes of ``pattern`` at ``offset`` (live, or with qemu-io)."""
         if self.dom.isActive():
             index = sorted(self.disks).index(target)
             write_through_monitor(self.dom, pattern, offset, length, device=f"virtio-disk{index}")
         else:
-            subprocess.run(
-                [
-                    "qemu-io",
-                    "-f",
-                    "qcow2",
-                    "-c",
-                    f"write -P {pattern:#x} {offset} {length}",
-                    str(self.disks[target]),
-                ],
-                check=True,
-                capture_output=True,
+            qemu_io(self.active_image(target), f"write -P {pattern:#x} {offset} {length}")
+
+    def holds(self, pattern: int, offset: int, length: int, target: str = "vda") -> bool:
+        """True when the disk reads back ``pattern`` over the whole range, as the guest sees it."""
+        if self.dom.isActive():
+            # qemu-io's monitor output goes to QEMU's log, not the reply: flush the
+            # device so the image file is complete, then read the file itself.
+            index = sorted(self.disks).index(target)
+            backend = f"/machine/peripheral/virtio-disk{index}/virtio-backend"
+            libvirt_qemu.qemuMonitorCommand(
+                self.dom,
+                f'qemu-io -d {backend} "flush"',
+                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
             )
+        return image_holds(self.active_image(target), pattern, offset, length)
+
+
+def qemu_io(path: str, command: str, *, read_only: bool = False) -> str:
+    argv = ["qemu-io"]
+    if read_only:
+        argv += ["-r", "-U"]
+    result = subprocess.run(
+        [*argv, "-c", command, path], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"qemu-io {command!r} on {path} failed: {result.stderr or result.stdout}"
+        )
+    return result.stdout
+
+
+def image_holds(path: str, pattern: int, offset: int, length: int) -> bool:
+    """True when the image (with its backing chain) reads ``pattern`` over the range."""
+    out = qemu_io(path, f"read -P {pattern:#x} {offset} {length}", read_only=True)
+    return "Pattern verification failed" not in out
 
 
 GuestFactory = Callable[..., Guest]
@@ -163,6 +194,8 @@ def make_guest(
         size: str = "128M",
         start: bool = False,
         memory_mib: int = 64,
+        nic: bool = False,
+        fmt: str = "qcow2",
     ) -> Guest:
         name = f"{SESSION_PREFIX}{uuid.uuid4().hex[:8]}"
         directory = guest_root / name
@@ -170,14 +203,15 @@ def make_guest(
         directory.chmod(0o777)  # QEMU writes external snapshot overlays here
         paths = {}
         for target in disks:
-            path = directory / f"{target}.qcow2"
-            qemu_img("create", "-q", "-f", "qcow2", str(path), size)
+            path = directory / f"{target}.{'qcow2' if fmt == 'qcow2' else 'img'}"
+            qemu_img("create", "-q", "-f", fmt, str(path), size)
             paths[target] = path
         xml = tiny_domain_xml(
             name,
-            [DiskSpec(str(p), target=t) for t, p in paths.items()],
+            [DiskSpec(str(p), target=t, driver_type=fmt) for t, p in paths.items()],
             memory_mib=memory_mib,
             domain_type=domain_type,
+            nic=nic,
         )
         dom = system_conn.defineXML(xml)
         guest = Guest(dom, directory, paths)

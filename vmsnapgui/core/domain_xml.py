@@ -29,6 +29,12 @@ class DomainDisk:
     source: str | None
     driver_type: str | None
     source_type: str
+    read_only: bool = False
+
+    @property
+    def snapshottable(self) -> bool:
+        """Writable disks are the ones snapshots capture (CD-ROMs and read-only ones not)."""
+        return not self.read_only
 
 
 def tiny_domain_xml(
@@ -40,6 +46,7 @@ def tiny_domain_xml(
     domain_type: str = "kvm",
     description: str | None = None,
     emulator: str | None = None,
+    nic: bool = False,
 ) -> str:
     """A minimal x86 guest with no OS: enough for QEMU to run and snapshots to work.
 
@@ -65,8 +72,38 @@ def tiny_domain_xml(
         ET.SubElement(element, "driver", name="qemu", type=disk.driver_type)
         ET.SubElement(element, "source", file=disk.path)
         ET.SubElement(element, "target", dev=disk.target, bus="virtio")
+    if nic:
+        interface = ET.SubElement(devices, "interface", type="user")
+        ET.SubElement(interface, "model", type="virtio")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def memory_kib(domain_xml: str) -> int:
+    """The guest's current memory in KiB (what a memory snapshot has to save)."""
+    root = ET.fromstring(domain_xml)
+    element = root.find("currentMemory")
+    if element is None:
+        element = root.find("memory")
+    if element is None or not element.text:
+        return 0
+    value = int(element.text.strip())
+    factors = {
+        "b": 1 / 1024,
+        "bytes": 1 / 1024,
+        "kib": 1,
+        "k": 1,
+        "mib": 1024,
+        "m": 1024,
+        "gib": 1024**2,
+        "g": 1024**2,
+        "tib": 1024**3,
+        "t": 1024**3,
+        "kb": 1000 / 1024,
+        "mb": 1000**2 / 1024,
+        "gb": 1000**3 / 1024,
+    }
+    return int(value * factors.get(element.get("unit", "KiB").lower(), 1))
 
 
 def domain_disks(domain_xml: str) -> list[DomainDisk]:
@@ -87,6 +124,8 @@ def domain_disks(domain_xml: str) -> list[DomainDisk]:
                 source=path,
                 driver_type=driver.get("type") if driver is not None else None,
                 source_type=disk.get("type", "file"),
+                read_only=disk.find("readonly") is not None
+                or disk.get("device") in ("cdrom", "floppy"),
             )
         )
     return disks
