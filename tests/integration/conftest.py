@@ -174,8 +174,17 @@ def qemu_io(path: str, command: str, *, read_only: bool = False) -> str:
 
 def image_holds(path: str, pattern: int, offset: int, length: int) -> bool:
     """True when the image (with its backing chain) reads ``pattern`` over the range."""
-    out = qemu_io(path, f"read -P {pattern:#x} {offset} {length}", read_only=True)
-    return "Pattern verification failed" not in out
+    result = subprocess.run(
+        ["qemu-io", "-r", "-U", "-c", f"read -P {pattern:#x} {offset} {length}", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if "Pattern verification failed" in result.stdout + result.stderr:
+        return False
+    if result.returncode != 0:
+        raise AssertionError(f"qemu-io could not read {path}: {result.stderr or result.stdout}")
+    return True
 
 
 GuestFactory = Callable[..., Guest]
