@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -410,27 +411,24 @@ def _measure(source: str, fmt: str, target_format: str, snapshot: str | None, ru
 def _run_qemu_img(
     argv: list[str],
     cancel: CancelToken | None,
-    report: object = None,
+    report: Callable[[float], None] | None = None,
 ) -> None:
     """Run qemu-img, passing its ``-p`` percentages on; kill it when cancelled."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    unregister = cancel.on_cancel(process.terminate) if cancel is not None else None
-    try:
-        assert process.stdout is not None
-        buffer = b""
-        while True:
-            chunk = process.stdout.read1(4096) if hasattr(process.stdout, "read1") else b""
-            if not chunk:
-                break
-            buffer = (buffer + chunk)[-256:]
-            matches = _PERCENT.findall(buffer)
-            if matches and callable(report):
-                report(float(matches[-1]) / 100)
-        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-        code = process.wait()
-    finally:
-        if unregister is not None:
-            unregister()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        unregister = cancel.on_cancel(process.terminate) if cancel is not None else None
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            buffer = b""
+            while chunk := os.read(process.stdout.fileno(), 4096):
+                buffer = (buffer + chunk)[-256:]
+                matches = _PERCENT.findall(buffer)
+                if matches and report is not None:
+                    report(float(matches[-1]) / 100)
+            stderr = process.stderr.read().decode(errors="replace")
+            code = process.wait()
+        finally:
+            if unregister is not None:
+                unregister()
     if cancel is not None and cancel.cancelled:
         raise Cancelled("Cancelled; the clone's files were removed.")
     if code != 0:
