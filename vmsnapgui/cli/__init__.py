@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from vmsnapgui import __version__
-from vmsnapgui.cli import read_commands, write_commands
+from vmsnapgui.cli import du_command, read_commands, write_commands
 from vmsnapgui.cli.common import EXIT_FAILURE, EXIT_USAGE, Session, printable
 from vmsnapgui.core.errors import UserError
 
 # Each module adds its verbs to the parser: register(subparsers) and set_defaults(run=…).
-COMMAND_MODULES = (read_commands, write_commands)
+COMMAND_MODULES = (read_commands, write_commands, du_command)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,10 +1,18 @@
-"""``vmsnapgui``: start-up, argument parsing and the Qt application object."""
+"""``vmsnapgui``: start-up, argument parsing and the Qt application object.
+
+Start-up stays light: Qt widgets and the window come first; libvirt connections open
+in the background; pyqtgraph (and numpy) are imported on a thread after the window has
+shown.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from vmsnapgui import __version__
 
@@ -41,25 +49,125 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_selection(text: str | None) -> tuple[str, str | None] | None:
+    """``VM`` or ``VM/SNAPSHOT`` (a VM name cannot contain '/')."""
+    if not text:
+        return None
+    vm, _, snapshot = text.partition("/")
+    return vm, (snapshot or None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmsnapgui``."""
     args = build_parser().parse_args(argv)
     from vmsnapgui.core.errors import UserError
+    from vmsnapgui.virt.connection import validate_uri
 
     try:
-        from vmsnapgui.virt.connection import validate_uri
-
-        for uri in args.connect:
-            validate_uri(uri)
+        uris = [validate_uri(uri) for uri in args.connect]
     except UserError as exc:
         print(f"vmsnapgui: {exc.message}", file=sys.stderr)
         return 2
-    print(
-        "vmsnapgui: the snapshot browser window is not built yet; "
-        "use 'vmsnap list' and 'vmsnap tree VM' meanwhile.",
-        file=sys.stderr,
+    selection = parse_selection(args.select)
+    if selection is not None and not selection[0]:
+        print("vmsnapgui: --select needs a VM name (VM or VM/SNAPSHOT)", file=sys.stderr)
+        return 2
+    screenshot = Path(args.screenshot).resolve() if args.screenshot else None
+    code = run(
+        uris,
+        demo=args.demo or args.demo_reset,
+        demo_reset=args.demo_reset,
+        screenshot=screenshot,
+        selection=selection,
     )
-    return 1
+    # Threads blocked in libvirt calls on a dead host (or the embedded driver's) would
+    # hold up interpreter shutdown; everything is saved, so leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(
+    uris: list[str],
+    *,
+    demo: bool = False,
+    demo_reset: bool = False,
+    screenshot: Path | None = None,
+    selection: tuple[str, str | None] | None = None,
+) -> int:
+    """Create the application and the window, open the connections and run."""
+    if screenshot is not None and not (
+        os.environ.get("QT_QPA_PLATFORM")
+        or os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # headless: render without a screen
+    from PySide6.QtWidgets import QApplication
+
+    from vmsnapgui.qt.app_settings import AppSettings, settings_at, user_settings
+    from vmsnapgui.qt.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("vmsnapgui")
+    app.setOrganizationName("vmsnapgui")
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("vmsnapgui")
+
+    if screenshot is not None:
+        # A screenshot run neither reads nor changes the user's remembered state.
+        scratch = Path(tempfile.mkdtemp(prefix="vmsnapgui-screenshot-"))
+        settings = AppSettings(settings_at(str(scratch / "settings.ini")), read_only=True)
+    else:
+        settings = AppSettings(user_settings())
+    window = MainWindow(settings)
+
+    start_connections(
+        window, settings, uris, demo=demo, demo_reset=demo_reset, remember=screenshot is None
+    )
+    taker = None
+    if screenshot is not None:
+        from vmsnapgui.qt.screenshot import ScreenshotTaker
+
+        window.resize(1480, 900)
+        taker = ScreenshotTaker(window, screenshot, select=selection)
+        taker.start()
+    elif selection is not None:
+        window.request_selection(*selection)
+    window.show()
+    code = app.exec()
+    window.shutdown()
+    if taker is not None and taker.exit_code is not None:
+        code = taker.exit_code
+    return int(code)
+
+
+def start_connections(
+    window: object,
+    settings: object,
+    uris: list[str],
+    *,
+    demo: bool,
+    demo_reset: bool,
+    remember: bool,
+) -> None:
+    """Open what the command line asks for, else what was remembered, else look around."""
+    from vmsnapgui.qt.app_settings import AppSettings
+    from vmsnapgui.qt.main_window import MainWindow
+
+    assert isinstance(window, MainWindow) and isinstance(settings, AppSettings)
+    if demo:
+        window.open_demo_lab(reset=demo_reset, remember=remember)
+    for uri in uris:
+        window.add_connection(uri, remember=remember)
+    if uris or demo:
+        return
+    remembered = settings.connections()
+    if remembered:
+        for entry in remembered:
+            window.add_entry(entry)
+    else:
+        window.probe_local()
 
 
 if __name__ == "__main__":
