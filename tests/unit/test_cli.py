@@ -195,3 +195,14 @@ def test_the_installed_command_runs_without_libvirt_noise(lab_uri: str) -> None:
 def test_control_characters_are_shown_escaped_not_obeyed() -> None:
     assert printable("plain name") == "plain name"
     assert printable("evil\x1b[2Jname\n") == "evil\\x1b[2Jname\\n"
+
+
+@pytest.mark.parametrize("domain", ["web", "db", "build", "odd"])
+def test_tree_json_matches_virsh_on_the_test_driver_file(
+    capsys: pytest.CaptureFixture[str], lab_uri: str, domain: str
+) -> None:
+    from tests.integration.virsh_view import assert_tree_matches_virsh
+
+    code, out, err = run_cli(capsys, "-c", lab_uri, "tree", domain, "--json")
+    assert code == 0, err
+    assert_tree_matches_virsh(json.loads(out), lab_uri, domain)
