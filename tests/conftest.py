@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 # Qt draws offscreen in tests; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -31,3 +36,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.real)
+
+
+def open_loader(uri: str, max_threads: int = 8) -> Iterator[SnapshotLoader]:
+    """A connected loader for ``uri``, closed afterwards (the body of loader fixtures)."""
+    from vmsnapgui.virt.connection import Connection
+    from vmsnapgui.virt.snapshot_loader import SnapshotLoader
+
+    connection = Connection(uri)
+    connection.open()
+    loader = SnapshotLoader(connection, max_threads=max_threads)
+    yield loader
+    loader.close()
+    connection.close()
+
+
+@pytest.fixture
+def lab_loader(lab_uri: str) -> Iterator[SnapshotLoader]:
+    """A loader on a private copy of the test-driver lab (each connection gets its own)."""
+    yield from open_loader(lab_uri)

@@ -20,9 +20,11 @@ import libvirt
 import libvirt_qemu
 import pytest
 
+from tests.conftest import open_loader
 from vmsnapgui.core.domain_xml import DiskSpec, domain_disks, tiny_domain_xml
 from vmsnapgui.virt.demo_lab import write_through_monitor
 from vmsnapgui.virt.event_loop import ensure_event_loop
+from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 SYSTEM_URI = "qemu:///system"
 PREFIX = "vmsnaptest-"
@@ -61,6 +63,12 @@ def system_conn() -> Iterator[libvirt.virConnect]:
             remove_domain(dom)
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def system_loader(system_conn: libvirt.virConnect) -> Iterator[SnapshotLoader]:
+    """A loader with its own connection to the system daemon."""
+    yield from open_loader(SYSTEM_URI)
 
 
 @pytest.fixture(scope="session")

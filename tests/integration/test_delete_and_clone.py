@@ -25,7 +25,6 @@ from vmsnapgui.core.domain_xml import domain_disks
 from vmsnapgui.core.progress import Cancelled, CancelToken, Progress
 from vmsnapgui.core.validation import ValidationError
 from vmsnapgui.virt.clone_domain import CloneRequest, clone_domain
-from vmsnapgui.virt.connection import Connection
 from vmsnapgui.virt.delete_snapshot import DeleteMode, delete_snapshot
 from vmsnapgui.virt.errors import VirtError
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
@@ -33,13 +32,8 @@ from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_snapsho
 
 
 @pytest.fixture
-def loader(system_conn: object) -> Iterator[SnapshotLoader]:
-    connection = Connection(SYSTEM_URI)
-    connection.open()
-    loader = SnapshotLoader(connection, max_threads=8)
-    yield loader
-    loader.close()
-    connection.close()
+def loader(system_loader: SnapshotLoader) -> SnapshotLoader:
+    return system_loader
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import libvirt
 import pytest
@@ -12,7 +11,6 @@ from tests.integration.conftest import MIB, SYSTEM_URI, GuestFactory, virsh
 from tests.integration.virsh_view import virsh_snapshot_view
 from vmsnapgui.core.progress import Cancelled, CancelToken, Progress
 from vmsnapgui.core.validation import ValidationError
-from vmsnapgui.virt.connection import Connection
 from vmsnapgui.virt.errors import VirtError
 from vmsnapgui.virt.revert_snapshot import EndState, revert_snapshot
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
@@ -20,13 +18,8 @@ from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_options
 
 
 @pytest.fixture
-def loader(system_conn: object) -> Iterator[SnapshotLoader]:
-    connection = Connection(SYSTEM_URI)
-    connection.open()
-    loader = SnapshotLoader(connection, max_threads=8)
-    yield loader
-    loader.close()
-    connection.close()
+def loader(system_loader: SnapshotLoader) -> SnapshotLoader:
+    return system_loader
 
 
 def state_of(dom: libvirt.virDomain) -> int:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from vmsnapgui.core.validation import ValidationError
-from vmsnapgui.virt.connection import Connection
 from vmsnapgui.virt.operations import set_description
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 
 @pytest.fixture
-def loader(lab_uri: str) -> Iterator[SnapshotLoader]:
-    connection = Connection(lab_uri)
-    connection.open()
-    loader = SnapshotLoader(connection, max_threads=4)
-    yield loader
-    loader.close()
-    connection.close()
+def loader(lab_loader: SnapshotLoader) -> SnapshotLoader:
+    return lab_loader
 
 
 def test_editing_a_description_saves_it_through_libvirt_and_keeps_current(

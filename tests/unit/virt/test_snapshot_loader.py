@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import libvirt
 import pytest
 
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
 from vmsnapgui.core.snapshot_xml import snapshot_request_xml
-from vmsnapgui.virt.connection import Connection
 from vmsnapgui.virt.errors import VirtError
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 
 @pytest.fixture
-def loader(lab_uri: str) -> Iterator[SnapshotLoader]:
-    # Each test driver connection to a file gets its own private copy of the host.
-    connection = Connection(lab_uri)
-    connection.open()
-    loader = SnapshotLoader(connection, max_threads=8)
-    yield loader
-    loader.close()
-    connection.close()
+def loader(lab_loader: SnapshotLoader) -> SnapshotLoader:
+    return lab_loader
 
 
 def test_the_web_tree_has_its_branches_current_and_order(loader: SnapshotLoader) -> None:
