@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ def run(
     from vmsnapgui.qt.app_settings import AppSettings, settings_at, user_settings
     from vmsnapgui.qt.main_window import MainWindow
 
+    quiet_offscreen_warnings()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("vmsnapgui")
@@ -114,6 +116,7 @@ def run(
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("vmsnapgui")
 
+    scratch: Path | None = None
     if screenshot is not None:
         # A screenshot run neither reads nor changes the user's remembered state.
         scratch = Path(tempfile.mkdtemp(prefix="vmsnapgui-screenshot-"))
@@ -139,7 +142,25 @@ def run(
     window.shutdown()
     if taker is not None and taker.exit_code is not None:
         code = taker.exit_code
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     return int(code)
+
+
+# Said by Qt's offscreen platform on every window show: true, harmless, and noise.
+_OFFSCREEN_NOISE = ("This plugin does not support propagateSizeHints()",)
+
+
+def quiet_offscreen_warnings() -> None:
+    """Drop the offscreen platform's harmless chatter; pass every other Qt message on."""
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    def handler(kind: QtMsgType, context: object, message: str) -> None:
+        if message in _OFFSCREEN_NOISE:
+            return
+        print(message, file=sys.stderr)
+
+    qInstallMessageHandler(handler)
 
 
 def start_connections(

@@ -1,0 +1,240 @@
+"""The snapshot tree model: shape, Now, the current marker, refresh as a diff, sizes."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QFont
+from pytestqt.modeltest import ModelTester
+
+from tests.gui.conftest import loaded_tree, snap
+from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
+from vmsnapgui.core.snapshot import DomainState, MemoryKind
+from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column, Role, SnapshotTreeModel
+
+MIB = 1024 * 1024
+
+# base ─ nginx ─┬─ tls ─ upgrade (current) ─ Now
+#               └─ php ─ tuned
+WEB = [
+    snap("base", None, 1),
+    snap("nginx", "base", 2, memory=MemoryKind.INTERNAL, description="apt install nginx\nmore"),
+    snap("tls", "nginx", 3),
+    snap("php", "nginx", 4, description="Tried php-fpm"),
+    snap("upgrade", "tls", 5),
+    snap("tuned", "php", 6),
+]
+
+
+def rows(model: SnapshotTreeModel) -> list[tuple[int, str]]:
+    """(depth, display name) of every row, in display order."""
+    result = []
+
+    def walk(parent: QModelIndex, depth: int) -> None:
+        for row in range(model.rowCount(parent)):
+            index = model.index(row, 0, parent)
+            result.append((depth, index.data()))
+            walk(index, depth + 1)
+
+    walk(QModelIndex(), 0)
+    return result
+
+
+def test_the_tree_shows_branches_with_now_under_the_current_snapshot(
+    qtmodeltester: ModelTester,
+) -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    qtmodeltester.check(model)
+    assert rows(model) == [
+        (0, "base"),
+        (1, "nginx"),
+        (2, "tls"),
+        (3, "upgrade"),
+        (4, "Now"),
+        (2, "php"),
+        (3, "tuned"),
+    ]
+
+
+def test_the_current_snapshot_is_bold_and_now_is_marked(qtmodeltester: ModelTester) -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    current = model.index_of("upgrade")
+    other = model.index_of("tls")
+    assert isinstance(current.data(Qt.ItemDataRole.FontRole), QFont)
+    assert current.data(Qt.ItemDataRole.FontRole).bold()
+    assert other.data(Qt.ItemDataRole.FontRole) is None
+    assert "current snapshot" in current.data(Qt.ItemDataRole.ToolTipRole)
+    assert not current.data(Qt.ItemDataRole.DecorationRole).isNull()
+    now = model.index_of(NOW_KEY)
+    assert now.parent() == current
+    assert now.data(Role.IS_NOW) is True
+    assert now.siblingAtColumn(Column.DESCRIPTION).data() == "You are here (shut off)"
+
+
+def test_without_a_current_snapshot_now_sits_at_the_top_level() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree([snap("a", None, 1), snap("b", None, 2)], None))
+    assert rows(model) == [(0, "a"), (0, "b"), (0, "Now")]
+
+
+def test_columns_show_local_time_first_description_line_and_exact_time_tooltip() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    nginx = model.index_of("nginx")
+    assert nginx.siblingAtColumn(Column.DESCRIPTION).data() == "apt install nginx"
+    assert nginx.siblingAtColumn(Column.DESCRIPTION).data(Qt.ItemDataRole.ToolTipRole) == (
+        "apt install nginx\nmore"
+    )
+    created = nginx.siblingAtColumn(Column.CREATED)
+    assert len(created.data()) == len("1970-01-01 00:00")
+    assert "(Unix time 2)" in created.data(Qt.ItemDataRole.ToolTipRole)
+    assert model.headerData(Column.DELTA, Qt.Orientation.Horizontal) == "Delta"
+
+
+def test_a_refresh_applies_only_the_difference_and_keeps_other_rows(
+    qtmodeltester: ModelTester,
+) -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    qtmodeltester.check(model)
+    kept = QPersistentModelIndex(model.index_of("tuned"))
+    reset_count = []
+    model.modelReset.connect(lambda: reset_count.append(1))
+    # "tls" deleted (its child moves up), a new snapshot taken from "upgrade".
+    after = [s for s in WEB if s.name != "tls"]
+    after = [snap("upgrade", "nginx", 5) if s.name == "upgrade" else s for s in after]
+    after.append(snap("new", "upgrade", 7))
+    model.set_tree(loaded_tree(after, "new"))
+    assert reset_count == []
+    assert kept.isValid() and kept.data() == "tuned"
+    assert rows(model) == [
+        (0, "base"),
+        (1, "nginx"),
+        (2, "php"),
+        (3, "tuned"),
+        (2, "upgrade"),
+        (3, "new"),
+        (4, "Now"),
+    ]
+
+
+def test_a_description_change_redraws_its_row() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    changed = []
+    model.dataChanged.connect(lambda first, last: changed.append(first.data(Role.KEY)))
+    edited = [
+        snap("php", "nginx", 4, description="Kept after all") if s.name == "php" else s for s in WEB
+    ]
+    model.set_tree(loaded_tree(edited, "upgrade"))
+    assert "php" in changed
+    assert model.index_of("php").siblingAtColumn(Column.DESCRIPTION).data() == "Kept after all"
+
+
+def test_another_vm_resets_the_model() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    resets = []
+    model.modelReset.connect(lambda: resets.append(1))
+    model.set_tree(loaded_tree([snap("x")], "x", uuid="00000000-0000-0000-0000-000000000002"))
+    assert resets == [1]
+    assert rows(model) == [(0, "x"), (1, "Now")]
+
+
+def usage(**deltas: int | None) -> DomainUsage:
+    return DomainUsage(
+        "vm",
+        tuple(SnapshotUsage(name, value) for name, value in deltas.items() if name != "now"),
+        SnapshotUsage("Now", deltas.get("now")),
+    )
+
+
+def test_sizes_arrive_after_the_tree_and_are_pending_meanwhile() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    delta = model.index_of("php").siblingAtColumn(Column.DELTA)
+    assert delta.data() == "…"
+    assert delta.data(Qt.ItemDataRole.ToolTipRole) == "Measuring…"
+    model.set_usage(
+        usage(base=4 * MIB, nginx=MIB, tls=0, php=2 * MIB, upgrade=0, tuned=MIB, now=512 * 1024)
+    )
+    assert delta.data() == "2.00 MiB"
+    assert delta.data(Qt.ItemDataRole.ToolTipRole).startswith("Delta: 2,097,152 bytes")
+
+
+def test_the_size_bar_is_proportional_to_the_largest_delta_of_the_vm() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(
+        usage(base=4 * MIB, nginx=MIB, tls=0, php=2 * MIB, upgrade=0, tuned=MIB, now=MIB)
+    )
+    assert model.largest_delta == 4 * MIB
+    bar = model.index_of("php").siblingAtColumn(Column.DELTA).data(Role.BAR_FRACTION)
+    assert bar == 0.5
+    assert model.index_of("base").siblingAtColumn(Column.DELTA).data(Role.BAR_FRACTION) == 1.0
+
+
+def test_approximate_sizes_are_marked_and_missing_ones_say_why() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(
+        DomainUsage(
+            "vm",
+            (
+                SnapshotUsage("base", 3 * MIB, approximate=True),
+                SnapshotUsage("nginx", None, note="vda: permission denied"),
+            ),
+            None,
+        )
+    )
+    base = model.index_of("base").siblingAtColumn(Column.DELTA)
+    assert base.data() == "≈ 3.00 MiB"
+    assert "approximate" in base.data(Qt.ItemDataRole.ToolTipRole)
+    nginx = model.index_of("nginx").siblingAtColumn(Column.DELTA)
+    assert nginx.data() == "—"
+    assert nginx.data(Qt.ItemDataRole.ToolTipRole) == "vda: permission denied"
+    assert nginx.data(Role.BAR_FRACTION) is None
+
+
+def test_saved_memory_is_named_in_the_delta_tooltip() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(DomainUsage("vm", (SnapshotUsage("nginx", MIB, vmstate_bytes=64 * MIB),), None))
+    tooltip = (
+        model.index_of("nginx").siblingAtColumn(Column.DELTA).data(Qt.ItemDataRole.ToolTipRole)
+    )
+    assert "Saved memory: 64.0 MiB" in tooltip
+
+
+def test_when_sizes_cannot_be_measured_the_cells_stay_empty_and_say_why() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(None, "the size engine is not installed")
+    cell = model.index_of("base").siblingAtColumn(Column.EXCLUSIVE)
+    assert cell.data() == ""
+    assert cell.data(Qt.ItemDataRole.ToolTipRole) == (
+        "Sizes are not available: the size engine is not installed"
+    )
+
+
+def test_a_running_vms_now_row_warns_its_size_may_be_stale() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade", state=DomainState.RUNNING))
+    model.set_usage(usage(now=MIB))
+    tooltip = (
+        model.index_of(NOW_KEY).siblingAtColumn(Column.DELTA).data(Qt.ItemDataRole.ToolTipRole)
+    )
+    assert "slightly stale" in tooltip
+
+
+def test_sizes_survive_a_refresh_only_where_the_parent_is_unchanged() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(usage(base=1, nginx=2, tls=3, php=4, upgrade=5, tuned=6, now=7))
+    after = [s for s in WEB if s.name != "tls"]
+    after = [snap("upgrade", "nginx", 5) if s.name == "upgrade" else s for s in after]
+    model.set_tree(loaded_tree(after, "upgrade"))
+    assert model.index_of("php").siblingAtColumn(Column.DELTA).data() == "4 B"
+    # Its parent changed: its delta is measured again.
+    assert model.index_of("upgrade").siblingAtColumn(Column.DELTA).data() == "…"

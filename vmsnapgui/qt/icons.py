@@ -1,0 +1,173 @@
+"""The app's icons: SVG drawings from ``resources/icons``, sharp at any scale.
+
+An icon may be a stack of drawings (a snapshot camera with a small "external" badge in
+one corner and a "current" badge in another); :class:`LayeredSvgIconEngine` paints the
+stack at whatever size and device pixel ratio Qt asks for, so nothing is blurred on a
+high-DPI screen. When a drawing is missing (an odd install), a standard style icon
+stands in, so the app still starts.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QIcon, QIconEngine, QImage, QPainter, QPixmap
+from PySide6.QtSvg import QSvgRenderer
+from PySide6.QtWidgets import QApplication, QStyle
+
+from vmsnapgui.core.snapshot import DomainState, Snapshot
+from vmsnapgui.virt.connection import ConnectionState
+
+ICON_DIR = Path(__file__).resolve().parents[2] / "resources" / "icons"
+
+# Where a layer sits inside the icon's square, as fractions (x, y, width, height).
+FULL = (0.0, 0.0, 1.0, 1.0)
+BOTTOM_RIGHT = (0.5, 0.5, 0.5, 0.5)
+TOP_LEFT = (0.0, 0.0, 0.5, 0.5)
+BOTTOM_LEFT = (0.0, 0.5, 0.5, 0.5)
+
+Layer = tuple[str, tuple[float, float, float, float]]
+
+
+@cache
+def _renderer(name: str) -> QSvgRenderer | None:
+    path = ICON_DIR / f"{name}.svg"
+    if not path.is_file():
+        return None
+    renderer = QSvgRenderer(str(path))
+    return renderer if renderer.isValid() else None
+
+
+class LayeredSvgIconEngine(QIconEngine):
+    """Paints several SVG drawings on top of each other, each in its own rectangle."""
+
+    def __init__(self, layers: tuple[Layer, ...]) -> None:
+        super().__init__()
+        self._layers = layers
+
+    def paint(self, painter: QPainter, rect: object, mode: QIcon.Mode, state: QIcon.State) -> None:
+        target = QRectF(rect)  # type: ignore[call-overload]
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if mode == QIcon.Mode.Disabled:
+            painter.setOpacity(0.35)
+        for name, (fx, fy, fw, fh) in self._layers:
+            renderer = _renderer(name)
+            if renderer is None:
+                continue
+            renderer.render(
+                painter,
+                QRectF(
+                    target.x() + fx * target.width(),
+                    target.y() + fy * target.height(),
+                    fw * target.width(),
+                    fh * target.height(),
+                ),
+            )
+        painter.restore()
+
+    def pixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State) -> QPixmap:
+        image = QImage(size, QImage.Format.Format_ARGB32_Premultiplied)
+        image.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(image)
+        self.paint(painter, QRectF(0, 0, size.width(), size.height()), mode, state)
+        painter.end()
+        return QPixmap.fromImage(image)
+
+    def scaledPixmap(
+        self, size: QSize, mode: QIcon.Mode, state: QIcon.State, scale: float
+    ) -> QPixmap:
+        pixmap = self.pixmap(
+            QSize(round(size.width() * scale), round(size.height() * scale)), mode, state
+        )
+        pixmap.setDevicePixelRatio(scale)
+        return pixmap
+
+    def clone(self) -> QIconEngine:
+        return LayeredSvgIconEngine(self._layers)
+
+
+def _fallback(standard: QStyle.StandardPixmap) -> QIcon:
+    app = QApplication.instance()
+    if isinstance(app, QApplication):
+        return app.style().standardIcon(standard)
+    return QIcon()
+
+
+@cache
+def layered_icon(
+    layers: tuple[Layer, ...], fallback: QStyle.StandardPixmap = QStyle.StandardPixmap.SP_FileIcon
+) -> QIcon:
+    """An icon painted from drawings in ``resources/icons`` (cached per combination)."""
+    if _renderer(layers[0][0]) is None:
+        return _fallback(fallback)
+    return QIcon(LayeredSvgIconEngine(layers))
+
+
+def named_icon(
+    name: str, fallback: QStyle.StandardPixmap = QStyle.StandardPixmap.SP_FileIcon
+) -> QIcon:
+    """One drawing as an icon (toolbar actions, the window icon)."""
+    return layered_icon(((name, FULL),), fallback)
+
+
+def snapshot_icon(snapshot: Snapshot, *, current: bool) -> QIcon:
+    """Camera for a snapshot with memory (green), without (grey); disk for disk-only.
+
+    A purple badge marks external snapshots, a blue tick the current snapshot.
+    """
+    if snapshot.is_disk_only:
+        base = "disk-only"
+    elif snapshot.has_memory:
+        base = "camera-memory"
+    else:
+        base = "camera-offline"
+    layers: list[Layer] = [(base, FULL)]
+    if snapshot.is_external:
+        layers.append(("badge-external", BOTTOM_LEFT))
+    if current:
+        layers.append(("badge-current", BOTTOM_RIGHT))
+    return layered_icon(tuple(layers), QStyle.StandardPixmap.SP_DialogSaveButton)
+
+
+def now_icon() -> QIcon:
+    """The "you are here" pin of the Now row."""
+    return named_icon("now", QStyle.StandardPixmap.SP_ArrowRight)
+
+
+def domain_state_icon(state: DomainState) -> QIcon:
+    """A small screen: green play when running, yellow pause, grey when shut off."""
+    if state is DomainState.RUNNING or state is DomainState.BLOCKED:
+        name = "vm-running"
+    elif state in (DomainState.PAUSED, DomainState.PMSUSPENDED, DomainState.SHUTDOWN):
+        name = "vm-paused"
+    elif state is DomainState.CRASHED:
+        name = "vm-crashed"
+    else:
+        name = "vm-shutoff"
+    return named_icon(name, QStyle.StandardPixmap.SP_ComputerIcon)
+
+
+_STATE_BADGES = {
+    ConnectionState.CONNECTED: "state-ok",
+    ConnectionState.CONNECTING: "state-busy",
+    ConnectionState.DISCONNECTED: "state-busy",
+    ConnectionState.LOST: "state-lost",
+    ConnectionState.FAILED: "state-failed",
+    ConnectionState.CLOSED: "state-failed",
+}
+
+
+def host_icon(state: ConnectionState) -> QIcon:
+    """A server with a badge: green connected, blue connecting, orange lost, red failed."""
+    return layered_icon(
+        (("host", FULL), (_STATE_BADGES[state], BOTTOM_RIGHT)),
+        QStyle.StandardPixmap.SP_DriveNetIcon,
+    )
+
+
+def state_badge_icon(state: ConnectionState) -> QIcon:
+    """Only the badge of a connection state (status bar)."""
+    return named_icon(_STATE_BADGES[state], QStyle.StandardPixmap.SP_MessageBoxInformation)

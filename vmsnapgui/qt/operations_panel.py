@@ -1,0 +1,229 @@
+"""The operations panel: every running and finished operation with its progress.
+
+Rows show the operation, the VM, the phase, a progress bar, the elapsed time and the
+result; Cancel is enabled while the operation says it can be cancelled. Failures show
+their one sentence, with the technical detail on demand.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vmsnapgui.core.units import format_bytes
+from vmsnapgui.qt.job_runner import Job, JobRunner, JobState
+
+COLUMNS = ("Operation", "VM", "Phase", "Progress", "Elapsed", "Result", "")
+(OPERATION, VM, PHASE, PROGRESS, ELAPSED, RESULT, ACTION) = range(len(COLUMNS))
+
+
+@dataclass
+class _Row:
+    job: Job
+    item: QTreeWidgetItem
+    bar: QProgressBar
+    cancel: QPushButton
+    result_text: str = ""
+
+
+def _elapsed(job: Job) -> str:
+    if job.started_at is None:
+        return "waiting"
+    end = job.ended_at if job.ended_at is not None else time.monotonic()
+    seconds = int(end - job.started_at)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class OperationsPanel(QWidget):
+    """A list of operations bound to a :class:`JobRunner`; call :meth:`track` per job."""
+
+    finished = Signal(object)  # Job
+
+    def __init__(self, runner: JobRunner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Operations")
+        self._runner = runner
+        self._rows: dict[int, _Row] = {}
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(list(COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAccessibleName("Operations list")
+        self.tree.header().setSectionResizeMode(PHASE, QHeaderView.ResizeMode.Stretch)
+        self.details = QPlainTextEdit()
+        self.details.setReadOnly(True)
+        self.details.setAccessibleName("Operation details")
+        self.details.setMaximumHeight(90)
+        self.details.hide()
+        self.clear_button = QPushButton("Clear finished")
+        self.summary = QLabel("No operations yet.")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.summary, 1)
+        buttons.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.details)
+        layout.addLayout(buttons)
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(1000)
+        self._connect_signals()
+
+    def _connect_signals(self) -> None:
+        self._runner.job_started.connect(self._on_job_changed)
+        self._runner.job_progress.connect(self._on_job_changed)
+        self._runner.job_ended.connect(self._on_job_ended)
+        self._ticker.timeout.connect(self._on_tick)
+        self.clear_button.clicked.connect(self.clear_finished)
+        self.tree.currentItemChanged.connect(self._on_current_changed)
+
+    def track(self, job: Job, operation: str, vm: str) -> None:
+        """Show ``job`` as a row: ``operation`` ("Take snapshot 'x'") on ``vm``."""
+        item = QTreeWidgetItem(["", "", "", "", "", "", ""])
+        item.setText(OPERATION, operation)
+        item.setText(VM, vm)
+        item.setText(PHASE, "Waiting for the VM's earlier operations")
+        self.tree.insertTopLevelItem(0, item)
+        bar = QProgressBar()
+        bar.setRange(0, 0)  # busy until a phase reports how far it is
+        bar.setAccessibleName(f"Progress of {operation}")
+        cancel = QPushButton("Cancel")
+        cancel.setAccessibleName(f"Cancel {operation}")
+        cancel.setEnabled(job.state is JobState.QUEUED)
+        cancel.clicked.connect(partial(self._on_cancel_clicked, job.id))
+        self.tree.setItemWidget(item, PROGRESS, bar)
+        self.tree.setItemWidget(item, ACTION, cancel)
+        self._rows[job.id] = _Row(job, item, bar, cancel)
+        self._ticker.start()
+        self._refresh(job)
+        self._update_summary()
+
+    def row_text(self, job: Job) -> dict[str, str]:
+        """The texts of a job's row (for tests and accessibility)."""
+        row = self._rows[job.id]
+        return {name: row.item.text(index) for index, name in enumerate(COLUMNS) if name}
+
+    def cancel_button(self, job: Job) -> QPushButton:
+        """The Cancel button of a job's row."""
+        return self._rows[job.id].cancel
+
+    @Slot()
+    def clear_finished(self) -> None:
+        """Remove the rows of operations that have ended."""
+        for job_id, row in list(self._rows.items()):
+            if row.job.is_finished:
+                index = self.tree.indexOfTopLevelItem(row.item)
+                self.tree.takeTopLevelItem(index)
+                del self._rows[job_id]
+        self._update_summary()
+
+    @Slot(object)
+    def _on_job_changed(self, job: Job) -> None:
+        if job.id in self._rows:
+            self._refresh(job)
+
+    @Slot(object)
+    def _on_job_ended(self, job: Job) -> None:
+        row = self._rows.get(job.id)
+        if row is None:
+            return
+        self._refresh(job)
+        self._update_summary()
+        self.finished.emit(job)
+
+    @Slot()
+    def _on_tick(self) -> None:
+        running = False
+        for row in self._rows.values():
+            if not row.job.is_finished:
+                running = True
+                row.item.setText(ELAPSED, _elapsed(row.job))
+        if not running:
+            self._ticker.stop()
+
+    def _on_cancel_clicked(self, job_id: int) -> None:
+        row = self._rows.get(job_id)
+        if row is None:
+            return
+        row.job.cancel()
+        row.cancel.setEnabled(False)
+        row.item.setText(PHASE, "Cancelling…")
+
+    @Slot(QTreeWidgetItem, QTreeWidgetItem)
+    def _on_current_changed(self, current: QTreeWidgetItem | None, _previous: object) -> None:
+        detail = ""
+        for row in self._rows.values():
+            if row.item is current and row.job.error is not None:
+                detail = row.job.error.detail or row.job.error.message
+        self.details.setPlainText(detail)
+        self.details.setVisible(bool(detail))
+
+    def _refresh(self, job: Job) -> None:
+        row = self._rows[job.id]
+        row.item.setText(ELAPSED, _elapsed(job))
+        progress = job.progress
+        if job.state is JobState.RUNNING and progress is not None:
+            row.item.setText(PHASE, progress.phase)
+            fraction = progress.fraction
+            if fraction is None:
+                row.bar.setRange(0, 0)
+            else:
+                row.bar.setRange(0, 1000)
+                row.bar.setValue(int(fraction * 1000))
+                if progress.unit == "bytes" and progress.total:
+                    row.bar.setFormat(
+                        f"%p% ({format_bytes(progress.done)} of {format_bytes(progress.total)})"
+                    )
+            row.cancel.setEnabled(progress.can_cancel and not job.cancel_token.cancelled)
+        elif job.state is JobState.RUNNING:
+            row.item.setText(PHASE, "Starting")
+            row.cancel.setEnabled(False)
+        if job.is_finished:
+            row.bar.setRange(0, 1)
+            row.bar.setValue(1 if job.state is JobState.DONE else 0)
+            row.bar.setFormat(
+                {JobState.DONE: "done", JobState.CANCELLED: "cancelled"}.get(job.state, "failed")
+            )
+            row.cancel.setEnabled(False)
+            row.cancel.hide()
+            row.item.setText(PHASE, "")
+            if job.state is JobState.DONE:
+                row.item.setText(RESULT, row.result_text or "Done")
+            elif job.state is JobState.CANCELLED:
+                row.item.setText(RESULT, job.error.message if job.error else "Cancelled")
+            else:
+                message = job.error.message if job.error else "Failed"
+                row.item.setText(RESULT, message)
+                row.item.setToolTip(RESULT, message)
+
+    def set_result_text(self, job: Job, text: str) -> None:
+        """What a finished operation achieved ("Snapshot 'x' taken")."""
+        row = self._rows.get(job.id)
+        if row is not None:
+            row.result_text = text
+            if job.state is JobState.DONE:
+                row.item.setText(RESULT, text)
+
+    def _update_summary(self) -> None:
+        active = sum(1 for row in self._rows.values() if not row.job.is_finished)
+        total = len(self._rows)
+        if not total:
+            self.summary.setText("No operations yet.")
+        elif active:
+            self.summary.setText(f"{active} running or waiting, {total - active} finished.")
+        else:
+            self.summary.setText(f"{total} finished.")

@@ -1,0 +1,64 @@
+"""The filter box's model: matching snapshots stay, with every ancestor that leads to them."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel
+
+from vmsnapgui.qt.snapshot_tree_model import SnapshotTreeModel
+
+
+class SnapshotFilterProxy(QSortFilterProxyModel):
+    """Keeps rows whose name or description contains every word typed (any case).
+
+    Recursive filtering keeps the ancestors of a match, so a match deep in the tree
+    still shows where it sits. Nothing is sorted: the tree's own order is kept. The
+    matches are worked out once per filter text (Qt asks about each row many times
+    while it walks the tree), and size updates do not re-filter: only a new text or a
+    new tree (:meth:`refilter`) does.
+    """
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self.setDynamicSortFilter(False)
+        self._words: tuple[str, ...] = ()
+        self._matches: set[str] = set()
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The words every shown row contains."""
+        return self._words
+
+    def set_filter_text(self, text: str) -> None:
+        """Filter by ``text`` (split into words); an empty text shows everything."""
+        words = tuple(text.casefold().split())
+        if words == self._words:
+            return
+        self.beginFilterChange()
+        self._words = words
+        self._matches = self._source_matches()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def refilter(self) -> None:
+        """Filter again (the tree changed under an active filter)."""
+        if not self._words:
+            return
+        self.beginFilterChange()
+        self._matches = self._source_matches()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def _source_matches(self) -> set[str]:
+        model = self.sourceModel()
+        if not self._words or not isinstance(model, SnapshotTreeModel):
+            return set()
+        return model.matching_keys(self._words)
+
+    def filterAcceptsRow(
+        self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex
+    ) -> bool:
+        if not self._words:
+            return True
+        model = self.sourceModel()
+        if not isinstance(model, SnapshotTreeModel):
+            return True
+        return model.key_at(source_row, source_parent) in self._matches
