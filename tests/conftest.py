@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 # Qt draws offscreen in tests; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+# The real tier's GUI fixtures (a window on the system daemon) live in their own module.
+pytest_plugins = ["tests.integration.gui_support"]
+
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 

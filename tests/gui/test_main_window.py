@@ -11,7 +11,7 @@ from tests.gui.conftest import LOAD_TIMEOUT_MS, WindowFactory, lab_host, select_
 from vmsnapgui.core.snapshot_xml import snapshot_request_xml
 from vmsnapgui.qt.app_settings import AppSettings
 from vmsnapgui.qt.host_list_model import HostColumn
-from vmsnapgui.qt.main_window import COMING_WITH_OPERATIONS, MainWindow
+from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column
 from vmsnapgui.virt.connection import ConnectionState
 
@@ -188,18 +188,28 @@ def test_the_keyboard_moves_through_the_tree(lab_window: MainWindow, qtbot: QtBo
     assert lab_window.details.title.text() == "php-tuned"
 
 
-def test_operations_are_shown_disabled_until_the_operations_panel_exists(
+def test_the_context_menu_offers_what_the_row_allows_and_says_why_not(
     lab_window: MainWindow, qtbot: QtBot
 ) -> None:
     select_vm(qtbot, lab_window, "web")
+    assert lab_window.tree_view.select_key("base")
     menu = lab_window.build_tree_menu("base")
     labels = {action.text(): action for action in menu.actions() if action.text()}
-    for label in ("&Revert to snapshot…", "C&lone…", "&Delete…"):
-        assert not labels[label].isEnabled()
-        assert labels[label].toolTip() == COMING_WITH_OPERATIONS
-    assert labels["&Copy name"].isEnabled() is True or lab_window.selected_row() is not None
+    assert labels["&Revert to snapshot…"].isEnabled()
+    assert labels["&Delete this snapshot…"].isEnabled()
+    assert labels["Delete its children &only…"].isEnabled()
+    assert labels["Show &XML"].isEnabled()
+    clone = labels["C&lone…"]
+    assert not clone.isEnabled()  # the test driver's disks are not files on this computer
+    assert clone.toolTip().startswith("Cloning copies disk files with qemu-img on this computer")
+    assert lab_window.tree_view.select_key("php-tuned")
+    leaf = {a.text(): a for a in lab_window.build_tree_menu("php-tuned").actions() if a.text()}
+    assert not leaf["Delete its children &only…"].isEnabled()
+    assert leaf["Delete its children &only…"].toolTip() == "'php-tuned' has no children to delete."
+    assert lab_window.tree_view.select_key(NOW_KEY)
     now_menu = lab_window.build_tree_menu(NOW_KEY)
-    assert [a.text() for a in now_menu.actions()] == ["&Take snapshot…"]
+    assert [a.text() for a in now_menu.actions()] == ["&Take snapshot…", "C&lone current state…"]
+    assert now_menu.actions()[0].isEnabled()
 
 
 def test_copy_name_puts_the_snapshot_name_on_the_clipboard(

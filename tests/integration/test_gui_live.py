@@ -3,38 +3,16 @@ shows as lost and comes back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from pytestqt.qtbot import QtBot
 
 from tests.integration.conftest import SYSTEM_URI, GuestFactory, virsh
+from tests.integration.gui_support import show_vm
 from tests.integration.socket_forwarder import SocketForwarder
-from vmsnapgui.qt.app_settings import AppSettings, settings_at
 from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY
 from vmsnapgui.virt.connection import ConnectionState
 
 LIVE_LIMIT_MS = 5000
-
-
-@pytest.fixture
-def window(qtbot: QtBot, tmp_path: Path, system_conn: object) -> Iterator[MainWindow]:
-    settings = AppSettings(settings_at(str(tmp_path / "vmsnapgui.ini")))
-    window = MainWindow(settings, charts=False)
-    qtbot.addWidget(window)
-    window.show()
-    yield window
-    window.shutdown()
-
-
-def show_vm(qtbot: QtBot, window: MainWindow, name: str) -> None:
-    qtbot.waitUntil(lambda: window.select_path(name), timeout=20_000)
-    qtbot.waitUntil(
-        lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
-        timeout=20_000,
-    )
 
 
 def test_snapshots_changed_by_virsh_show_up_within_five_seconds(

@@ -30,6 +30,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDockWidget,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -61,7 +62,9 @@ from vmsnapgui.qt.host_list_model import HostColumn, HostListModel
 from vmsnapgui.qt.job_runner import Job, JobRunner
 from vmsnapgui.qt.local_hypervisors import LOCAL_URIS, ProbeResult, probe_local_hypervisors
 from vmsnapgui.qt.message_bar import MessageBar
+from vmsnapgui.qt.operations_panel import OperationsPanel
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
+from vmsnapgui.qt.snapshot_operations import SnapshotOperations
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, SnapshotTreeModel, UsageState
 from vmsnapgui.qt.snapshot_tree_view import SnapshotTreeView
 from vmsnapgui.qt.status_bar import AppStatusBar
@@ -70,7 +73,6 @@ from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
 
 _log = logging.getLogger(__name__)
 
-COMING_WITH_OPERATIONS = "Coming with the operations panel"
 FILTER_DELAY_MS = 150
 STATUS_DELAY_MS = 250
 LOAD_LANE_LIMIT = 2  # loading jobs at once (see JobRunner.set_lane_limit)
@@ -287,11 +289,12 @@ class MainWindow(QMainWindow):
         self.focus_hosts_action = QAction("Go to &connections", self)
         self.focus_hosts_action.setShortcut(QKeySequence("Ctrl+L"))
         self.focus_tree_action = QAction("Go to the snapshot &tree", self)
-        self.focus_tree_action.setShortcut(QKeySequence("Ctrl+T"))
+        # Ctrl+T takes a snapshot (issue 6); the tree is one more key away.
+        self.focus_tree_action.setShortcut(QKeySequence("Ctrl+Shift+T"))
         self.copy_name_action = QAction("&Copy name", self)
         self.edit_description_action = QAction("&Edit description", self)
 
-        # Issue 6 fills these in; until then they are visible, disabled and say why.
+        # SnapshotOperations decides when each is enabled; disabled ones say why.
         self.operation_actions: dict[str, QAction] = {}
         for name, label, icon in (
             ("take", "&Take snapshot…", "take-snapshot"),
@@ -301,9 +304,16 @@ class MainWindow(QMainWindow):
         ):
             action = QAction(icons.named_icon(icon), label, self)
             action.setEnabled(False)
-            action.setToolTip(COMING_WITH_OPERATIONS)
-            action.setStatusTip(COMING_WITH_OPERATIONS)
             self.operation_actions[name] = action
+        toolbar_actions = list(self.operation_actions.values())
+        self.operations_panel = OperationsPanel(self.runner)
+        self.operations_dock = QDockWidget("Operations", self)
+        self.operations_dock.setObjectName("operations_dock")
+        self.operations_dock.setAccessibleName("Operations")
+        self.operations_dock.setWidget(self.operations_panel)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.operations_dock)
+        self.operations_dock.hide()
+        self.operations = SnapshotOperations(self, self.operations_panel)
 
         for action in (self.filter_action, self.focus_hosts_action):
             self.addAction(action)
@@ -319,11 +329,22 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.quit_action)
         snapshot_menu = menu_bar.addMenu("&Snapshot")
         snapshot_menu.setToolTipsVisible(True)
-        snapshot_menu.addActions(list(self.operation_actions.values()))
+        for name in ("take", "revert", "clone"):
+            snapshot_menu.addAction(self.operation_actions[name])
+        delete_menu = snapshot_menu.addMenu("&Delete")
+        delete_menu.setToolTipsVisible(True)
+        delete_menu.addActions(list(self.operations.delete_actions.values()))
         snapshot_menu.addSeparator()
-        snapshot_menu.addActions([self.edit_description_action, self.copy_name_action])
+        snapshot_menu.addActions(
+            [
+                self.edit_description_action,
+                self.copy_name_action,
+                self.operation_actions["show-xml"],
+            ]
+        )
         view_menu = menu_bar.addMenu("&View")
         view_menu.addActions([self.filter_action, self.focus_hosts_action, self.focus_tree_action])
+        view_menu.addAction(self.operations_dock.toggleViewAction())
 
         toolbar = QToolBar("Main")
         toolbar.setObjectName("main_toolbar")
@@ -333,7 +354,7 @@ class MainWindow(QMainWindow):
         toolbar.addAction(self.add_connection_action)
         toolbar.addAction(self.remove_connection_action)
         toolbar.addSeparator()
-        toolbar.addActions(list(self.operation_actions.values()))
+        toolbar.addActions(toolbar_actions)
         self.addToolBar(toolbar)
         self.toolbar = toolbar
 
@@ -636,10 +657,10 @@ class MainWindow(QMainWindow):
                 if summary.name == vm and uuid in host.trees:
                     if self.current != (host, uuid):
                         self.host_view.setCurrentIndex(self.host_model.index_of_domain(host, uuid))
-                    else:
+                    elif snapshot is None or self.tree_view.select_key(snapshot):
                         self._pending_selection = None
-                        if snapshot is not None:
-                            self.tree_view.select_key(snapshot)
+                    # else: the snapshot is not in the tree yet (an operation just made
+                    # it); keep asking until the reloaded tree has it.
                     return
 
     def pending_selection(self) -> tuple[str, str | None] | None:
@@ -694,6 +715,15 @@ class MainWindow(QMainWindow):
         is_snapshot = row is not None and row[2] != NOW_KEY
         self.copy_name_action.setEnabled(is_snapshot)
         self.edit_description_action.setEnabled(is_snapshot)
+        self.operations.update_actions()
+
+    def show_operations(self) -> None:
+        """Bring the operations panel into view (an operation was just started)."""
+        if not self.operations_dock.isVisible():
+            self.operations_dock.show()
+            # A strip, not half the window: the tree and details stay the main thing.
+            self.resizeDocks([self.operations_dock], [170], Qt.Orientation.Vertical)
+        self.operations_dock.raise_()
 
     def _refresh_status(self) -> None:
         if not self._status_timer.isActive():
@@ -933,11 +963,13 @@ class MainWindow(QMainWindow):
         """The context menu of a tree row (Now gets "Take snapshot")."""
         menu = QMenu(self)
         menu.setToolTipsVisible(True)
-        if key == NOW_KEY:
-            menu.addAction(self.operation_actions["take"])
-        elif key is not None:
-            for name in ("revert", "clone", "delete"):
-                menu.addAction(self.operation_actions[name])
+        self.operations.update_actions()
+        for action in self.operations.build_menu_actions(key):
+            if action is None:
+                menu.addSeparator()
+            else:
+                menu.addAction(action)
+        if key is not None and key != NOW_KEY:
             menu.addSeparator()
             menu.addAction(self.edit_description_action)
             menu.addAction(self.copy_name_action)

@@ -63,7 +63,19 @@ class OperationsPanel(QWidget):
         self.tree.setHeaderLabels(list(COLUMNS))
         self.tree.setRootIsDecorated(False)
         self.tree.setAccessibleName("Operations list")
-        self.tree.header().setSectionResizeMode(PHASE, QHeaderView.ResizeMode.Stretch)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        metrics = self.tree.fontMetrics()
+        for column, sample in (
+            (OPERATION, "Clone 'web-frontend' from 'nginx-installed' as 'x'"),
+            (VM, "web-frontend"),
+            (PROGRESS, "100% (99.9 GiB of 99.9 GiB)"),
+            (ELAPSED, "Elapsed 00:00"),
+            (ACTION, "  Cancel  "),
+        ):
+            header.resizeSection(column, metrics.horizontalAdvance(sample) + 24)
+        header.setSectionResizeMode(PHASE, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(RESULT, QHeaderView.ResizeMode.Stretch)
         self.details = QPlainTextEdit()
         self.details.setReadOnly(True)
         self.details.setAccessibleName("Operation details")

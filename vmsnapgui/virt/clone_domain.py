@@ -358,14 +358,21 @@ def clone_domain(
     )
 
 
-def _require_local(loader: SnapshotLoader) -> None:
-    uri = loader.connection.display_uri
+def clone_refusal_for(uri: str) -> str | None:
+    """Why VMs behind ``uri`` cannot be cloned here, or None when they can."""
     host = urlsplit(uri).hostname
     if host not in (None, "", "localhost", "127.0.0.1", "::1") or uri.startswith("test:"):
-        raise VirtError(
+        return (
             "Cloning copies disk files with qemu-img on this computer, so it works only for "
             "VMs on this computer's libvirt."
         )
+    return None
+
+
+def _require_local(loader: SnapshotLoader) -> None:
+    refusal = clone_refusal_for(loader.connection.display_uri)
+    if refusal is not None:
+        raise VirtError(refusal)
 
 
 def _frozen_image(overlay: str) -> tuple[str, str]:

@@ -1,0 +1,239 @@
+"""Operations from the window on real guests: menu → dialog → result, checked with virsh
+and the disk bytes; cancel leaves nothing; failures say why and the window keeps going."""
+
+from __future__ import annotations
+
+import os
+
+import libvirt
+from PySide6.QtCore import QTimer
+from pytestqt.qtbot import QtBot
+
+from tests.integration.conftest import MIB, SYSTEM_URI, GuestFactory, remove_domain, virsh
+from tests.integration.gui_support import show_vm
+from vmsnapgui.qt.job_runner import JobState
+from vmsnapgui.qt.main_window import MainWindow
+from vmsnapgui.qt.operation_dialogs import (
+    CloneDialog,
+    DeleteDialog,
+    RevertDialog,
+    TakeSnapshotDialog,
+)
+from vmsnapgui.qt.snapshot_tree_model import NOW_KEY
+
+WAIT_MS = 60_000
+
+
+def snapshot_names(domain: str) -> list[str]:
+    return sorted(virsh(SYSTEM_URI, "snapshot-list", domain, "--name").stdout.split("\n")[:-1])
+
+
+def open_vm(qtbot: QtBot, window: MainWindow, name: str, row: str) -> None:
+    window.add_connection(SYSTEM_URI, remember=False)
+    show_vm(qtbot, window, name)
+    qtbot.waitUntil(lambda: window.tree_view.select_key(row), timeout=WAIT_MS)
+
+
+def trigger(qtbot: QtBot, window: MainWindow, row: str, label: str) -> None:
+    """Pick ``label`` from the row's context menu, as a user would."""
+    menu = window.build_tree_menu(row)
+    action = next(a for a in menu.actions() if a.text() == label)
+    qtbot.waitUntil(action.isEnabled, timeout=WAIT_MS)
+    action.trigger()
+
+
+def last_job(window: MainWindow):  # type: ignore[no-untyped-def]
+    rows = window.operations_panel._rows  # noqa: SLF001  (the panel's own bookkeeping)
+    return max(rows.values(), key=lambda r: r.job.id).job
+
+
+class Heartbeat:
+    """Measures the longest gap between 10 ms timer ticks on the GUI thread."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self.longest = 0.0
+        self._last = self._clock()
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = self._clock()
+        self.longest = max(self.longest, now - self._last)
+        self._last = now
+
+
+def test_take_from_the_now_row_through_its_dialog(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
+) -> None:
+    guest = make_guest(start=True)
+    open_vm(qtbot, window, guest.name, NOW_KEY)
+    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
+    qtbot.waitUntil(
+        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
+    )
+    dialog = window.operations.dialog
+    assert isinstance(dialog, TakeSnapshotDialog)
+    dialog.name_edit.setText("from the window")
+    dialog.description_edit.setPlainText("taken by clicking")
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    assert snapshot_names(guest.name) == ["from the window"]
+    qtbot.waitUntil(lambda: window.tree_view.selected_key() == "from the window", timeout=WAIT_MS)
+    assert window.operations_panel.row_text(job)["Result"].startswith(
+        "Snapshot 'from the window' taken"
+    )
+
+
+def test_revert_through_its_dialog_keeps_a_safety_snapshot_and_restores_the_bytes(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
+) -> None:
+    guest = make_guest(start=True)
+    guest.write(0xA1, 0, MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "good")
+    guest.write(0xB2, 0, MIB)
+    open_vm(qtbot, window, guest.name, "good")
+    heartbeat = Heartbeat()
+    trigger(qtbot, window, "good", "&Revert to snapshot…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, RevertDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, RevertDialog) and dialog.safety_snapshot()
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    assert guest.holds(0xA1, 0, MIB) and not guest.holds(0xB2, 0, MIB)
+    names = snapshot_names(guest.name)
+    assert len(names) == 2 and "good" in names
+    assert any(n.startswith("before-revert-") for n in names)
+    qtbot.waitUntil(lambda: window.tree_view.selected_key() == "good", timeout=WAIT_MS)
+    assert heartbeat.longest < 0.5  # the window kept painting (the bench measures finer)
+
+
+def test_delete_through_its_dialog(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
+) -> None:
+    guest = make_guest()
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "keep")
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "drop")
+    open_vm(qtbot, window, guest.name, "drop")
+    trigger(qtbot, window, "drop", "&Delete this snapshot…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, DeleteDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, DeleteDialog)
+    assert [dialog.list.item(i).text() for i in range(dialog.list.count())] == ["drop"]
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    assert snapshot_names(guest.name) == ["keep"]
+    qtbot.waitUntil(lambda: window.tree_view.selected_key() == "keep", timeout=WAIT_MS)
+
+
+def test_cancelling_a_clone_from_the_panel_leaves_nothing_behind(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory, system_conn: libvirt.virConnect
+) -> None:
+    guest = make_guest(size="2G")
+    guest.write(0xC3, 0, 768 * MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "big")
+    before = sorted(os.listdir(guest.directory))
+    open_vm(qtbot, window, guest.name, "big")
+    trigger(qtbot, window, "big", "C&lone…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, CloneDialog)
+    qtbot.waitUntil(lambda: dialog.required is not None, timeout=WAIT_MS)
+    dialog.name_edit.setText(f"{guest.name}-c")
+    dialog.accept()
+    job = last_job(window)
+    panel = window.operations_panel
+    qtbot.waitUntil(
+        lambda: panel.cancel_button(job).isEnabled() or job.is_finished, timeout=WAIT_MS
+    )
+    assert not job.is_finished, "the copy ended before it could be cancelled"
+    panel.cancel_button(job).click()
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.CANCELLED
+    assert sorted(os.listdir(guest.directory)) == before
+    assert f"{guest.name}-c" not in {d.name() for d in system_conn.listAllDomains(0)}
+
+
+def test_a_full_clone_from_the_window_makes_a_vm_with_the_snapshots_bytes(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory, system_conn: libvirt.virConnect
+) -> None:
+    guest = make_guest()
+    guest.write(0xD4, 0, MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "base")
+    guest.write(0xE5, 0, MIB)
+    open_vm(qtbot, window, guest.name, "base")
+    trigger(qtbot, window, "base", "C&lone…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, CloneDialog)
+    name = f"{guest.name}-w"
+    dialog.name_edit.setText(name)
+    qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
+    dialog.accept()
+    job = last_job(window)
+    try:
+        qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+        assert job.state is JobState.DONE, job.error
+        clone = system_conn.lookupByName(name)
+        from tests.integration.conftest import image_holds
+        from vmsnapgui.core.domain_xml import domain_disks
+
+        disk = domain_disks(clone.XMLDesc(0))[0].source or ""
+        assert image_holds(disk, 0xD4, 0, MIB) and not image_holds(disk, 0xE5, 0, MIB)
+        qtbot.waitUntil(
+            lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
+            timeout=WAIT_MS,
+        )
+    finally:
+        try:
+            clone = system_conn.lookupByName(name)
+            disks = [d.source for d in domain_disks(clone.XMLDesc(0)) if d.source]
+            remove_domain(clone)
+            for path in disks:
+                os.unlink(path)
+        except libvirt.libvirtError:
+            pass
+
+
+def test_a_failing_operation_says_why_and_the_window_keeps_working(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
+) -> None:
+    guest = make_guest()
+    open_vm(qtbot, window, guest.name, NOW_KEY)
+    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
+    qtbot.waitUntil(
+        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
+    )
+    dialog = window.operations.dialog
+    assert isinstance(dialog, TakeSnapshotDialog)
+    dialog.name_edit.setText("contested")
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "contested")  # someone else was faster
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.FAILED
+    message = "There is already a snapshot called 'contested'."
+    assert window.operations_panel.row_text(job)["Result"] == message
+    assert window.message_bar.text.text() == message
+    # Still usable: the next operation works.
+    qtbot.waitUntil(lambda: window.tree_view.select_key(NOW_KEY), timeout=WAIT_MS)
+    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
+    qtbot.waitUntil(
+        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
+    )
+    window.operations.dialog.name_edit.setText("after the failure")  # type: ignore[union-attr]
+    window.operations.dialog.accept()  # type: ignore[union-attr]
+    second = last_job(window)
+    qtbot.waitUntil(lambda: second.is_finished, timeout=WAIT_MS)
+    assert second.state is JobState.DONE
+    assert snapshot_names(guest.name) == ["after the failure", "contested"]
