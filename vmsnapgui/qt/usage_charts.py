@@ -116,6 +116,7 @@ class UsageCharts(QWidget):
         self.setAccessibleName("Space charts")
         self._keys: list[str] = []
         self._selected: str | None = None
+        self._last_signature: object = None
         self._disk: list[float] = []
         self._memory: list[float] = []
         self._build()
@@ -229,6 +230,7 @@ class UsageCharts(QWidget):
 
     def clear(self, message: str = "") -> None:
         """Show no VM."""
+        self._last_signature = None
         self._keys = []
         self._disk, self._memory = [], []
         self.disk_bars.setOpts(x=[], height=[])
@@ -250,9 +252,28 @@ class UsageCharts(QWidget):
         *,
         unavailable: str | None = None,
     ) -> None:
-        """Show a VM: ``keys`` are the tree's rows in order (Now included)."""
-        self._keys = list(keys)
-        self._disk, self._memory = bar_values(self._keys, usage)
+        """Show a VM: ``keys`` are the tree's rows in order (Now included).
+
+        Nothing is touched when what would be drawn is what is drawn: a chart repaint
+        costs tens of milliseconds, and refreshes often bring identical numbers.
+        """
+        keys = list(keys)
+        disk_values, memory_values = bar_values(keys, usage)
+        growth = growth_points(tree, usage)
+        signature = (
+            keys,
+            disk_values,
+            memory_values,
+            growth,
+            unavailable,
+            usage is None,
+            usage.pool if usage is not None else None,
+        )
+        if signature == self._last_signature:
+            return
+        self._last_signature = signature
+        self._keys = keys
+        self._disk, self._memory = disk_values, memory_values
         x = np.arange(len(self._keys), dtype=float)
         disk = np.array(self._disk, dtype=float)
         memory = np.array(self._memory, dtype=float)
@@ -285,6 +306,8 @@ class UsageCharts(QWidget):
 
     def set_selected(self, key: str | None) -> None:
         """Outline the bar of ``key`` (None: no outline)."""
+        if key == self._selected:
+            return
         self._selected = key
         self._update_selection()
 
