@@ -282,3 +282,16 @@ def test_window_geometry_splitters_and_columns_are_remembered(
     second = make_window()
     assert second.tree_view.columnWidth(Column.NAME) == 333
     assert second.size().width() == 700
+
+
+def test_enter_on_a_tree_row_moves_the_focus_to_its_details(
+    lab_window: MainWindow, qtbot: QtBot
+) -> None:
+    lab_window.show()
+    select_vm(qtbot, lab_window, "web")
+    assert lab_window.tree_view.select_key("base")
+    lab_window.tree_view.setFocus()
+    qtbot.waitUntil(lab_window.tree_view.hasFocus, timeout=5000)
+    qtbot.keyClick(lab_window.tree_view, Qt.Key.Key_Return)
+    qtbot.waitUntil(lab_window.details.hasFocus, timeout=5000)
+    assert lab_window.details.title.text() == "base"

@@ -386,6 +386,11 @@ class MainWindow(QMainWindow):
         escape = QShortcut(QKeySequence(Qt.Key.Key_Escape), self.filter_edit)
         escape.setContext(Qt.ShortcutContext.WidgetShortcut)
         escape.activated.connect(self._on_filter_escape)
+        for key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            # Enter on a tree row shows its details (keyboard users land in the panel).
+            enter = QShortcut(QKeySequence(key), self.tree_view)
+            enter.setContext(Qt.ShortcutContext.WidgetShortcut)
+            enter.activated.connect(self.details.setFocus)
 
     # -- connections ------------------------------------------------------------------
 
