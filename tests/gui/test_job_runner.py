@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 from PySide6.QtCore import QThread
@@ -11,7 +13,7 @@ from pytestqt.qtbot import QtBot
 
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback
-from vmsnapgui.qt.job_runner import JobRunner, JobState
+from vmsnapgui.qt.job_runner import Job, JobRunner, JobState
 
 
 @pytest.fixture
@@ -156,3 +158,44 @@ def test_replace_pending_keeps_only_the_newest_waiting_request(
         JobState.CANCELLED,
         JobState.DONE,
     ]
+
+
+def test_a_lane_runs_no_more_jobs_at_once_than_its_limit(qtbot: QtBot, runner: JobRunner) -> None:
+    runner.set_lane_limit("load", 2)
+    lock = threading.Lock()
+    running: list[int] = []
+    most = [0]
+
+    def work(progress: ProgressCallback, cancel: CancelToken) -> None:
+        with lock:
+            running.append(1)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.03)
+        with lock:
+            running.pop()
+
+    jobs = [runner.submit(work, key=("tree", n), lane="load") for n in range(6)]
+    qtbot.waitUntil(lambda: all(j.state is JobState.DONE for j in jobs), timeout=5000)
+    assert most[0] == 2
+
+
+def test_a_finished_job_and_what_its_function_holds_are_let_go(
+    qtbot: QtBot, runner: JobRunner
+) -> None:
+    class Tree:
+        """Stands for a loaded tree that a size job's function holds."""
+
+    held: list[weakref.ref[Tree]] = []
+
+    def submit_holding_a_tree() -> Job:
+        tree = Tree()
+        held.append(weakref.ref(tree))
+        return runner.submit(lambda progress, cancel: tree is not None)
+
+    done: list[bool] = []
+    for _ in range(20):
+        submit_holding_a_tree().on_done = done.append
+    qtbot.waitUntil(lambda: len(done) == 20, timeout=5000)
+    runner.wait_for_done(5000)
+    gc.collect()
+    assert [ref for ref in held if ref() is not None] == []

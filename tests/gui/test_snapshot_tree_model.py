@@ -9,6 +9,7 @@ from pytestqt.modeltest import ModelTester
 from tests.gui.conftest import loaded_tree, snap
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
+from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column, Role, SnapshotTreeModel
 
 MIB = 1024 * 1024
@@ -106,6 +107,7 @@ def test_a_refresh_applies_only_the_difference_and_keeps_other_rows(
     after = [snap("upgrade", "nginx", 5) if s.name == "upgrade" else s for s in after]
     after.append(snap("new", "upgrade", 7))
     model.set_tree(loaded_tree(after, "new"))
+    qtmodeltester.check(model)  # rows moved: the indexes kept per row are made anew
     assert reset_count == []
     assert kept.isValid() and kept.data() == "tuned"
     assert rows(model) == [
@@ -238,3 +240,16 @@ def test_sizes_survive_a_refresh_only_where_the_parent_is_unchanged() -> None:
     assert model.index_of("php").siblingAtColumn(Column.DELTA).data() == "4 B"
     # Its parent changed: its delta is measured again.
     assert model.index_of("upgrade").siblingAtColumn(Column.DELTA).data() == "…"
+
+
+def test_a_size_update_names_the_roles_it_changes_and_not_the_filters() -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    announced: list[set[int]] = []
+    model.dataChanged.connect(lambda first, last, roles: announced.append(set(roles)))
+    model.set_usage(usage(base=MIB, nginx=MIB, tls=0, php=MIB, upgrade=0, tuned=MIB, now=MIB))
+    assert announced
+    for roles in announced:
+        assert Qt.ItemDataRole.DisplayRole in roles and Role.BAR_FRACTION in roles
+        # The filter proxy walks up to every ancestor of a row whose filter role changed.
+        assert SnapshotFilterProxy().filterRole() not in roles

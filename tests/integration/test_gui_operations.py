@@ -43,7 +43,7 @@ def trigger(qtbot: QtBot, window: MainWindow, row: str, label: str) -> None:
 
 
 def last_job(window: MainWindow):  # type: ignore[no-untyped-def]
-    rows = window.operations_panel._rows  # noqa: SLF001  (the panel's own bookkeeping)
+    rows = window.operations_panel._rows
     return max(rows.values(), key=lambda r: r.job.id).job
 
 

@@ -67,6 +67,12 @@ class DetailsContext:
         return None if self.is_now else self.loaded.tree.get(self.key)
 
 
+def _set_text(label: QLabel, text: str) -> None:
+    """Change a label's text only when it differs (a change lays the form out again)."""
+    if label.text() != text:
+        label.setText(text)
+
+
 def _value_label() -> QLabel:
     label = QLabel()
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -121,7 +127,11 @@ class DetailsPanel(QScrollArea):
         self.properties = QFormLayout(self.properties_box)
         self.properties.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         self.properties.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        self._property_labels: dict[str, QLabel] = {}
+        # (name label, value label) of every row made so far. Rows are reused, their
+        # texts changed, the ones not needed hidden: making widgets anew for every
+        # selection was most of the cost of showing one (each new widget is shown,
+        # polished and laid out later, one queued event at a time).
+        self._property_rows: list[tuple[QLabel, QLabel]] = []
 
         self.disks_box = QGroupBox("Disks")
         disks_layout = QVBoxLayout(self.disks_box)
@@ -215,6 +225,17 @@ class DetailsPanel(QScrollArea):
     def show_details(self, context: DetailsContext) -> None:
         """Show one row; an unsaved description edit of the same snapshot is kept."""
         previous = self._context
+        if (
+            previous is not None
+            and previous.loaded is context.loaded
+            and previous.key == context.key
+            and previous.usage is context.usage
+            and previous.usage_unavailable == context.usage_unavailable
+            and previous.host_label == context.host_label
+        ):
+            # Shown already (selecting a row and presenting its tree both ask): rebuilding
+            # the properties makes new widgets, which is slow while trees load.
+            return
         same_row = (
             previous is not None
             and previous.key == context.key
@@ -389,15 +410,22 @@ class DetailsPanel(QScrollArea):
         self.changes.setText(_changes_text(embedded_domain_xml(loaded.tree[current].xml), live))
 
     def _set_properties(self, rows: list[tuple[str, str, str | None]]) -> None:
-        while self.properties.rowCount():
-            self.properties.removeRow(0)
-        for name, value, tooltip in rows:
-            label = _value_label()
-            label.setText(value)
-            label.setAccessibleName(name)
-            if tooltip:
-                label.setToolTip(tooltip)
-            self.properties.addRow(f"{name}:", label)
+        while len(self._property_rows) < len(rows):
+            name_label, value_label = QLabel(), _value_label()
+            self.properties.addRow(name_label, value_label)
+            self._property_rows.append((name_label, value_label))
+        for index, (name_label, value_label) in enumerate(self._property_rows):
+            shown = index < len(rows)
+            self.properties.setRowVisible(index, shown)
+            if not shown:
+                continue
+            name, value, tooltip = rows[index]
+            _set_text(name_label, f"{name}:")
+            _set_text(value_label, value)
+            if value_label.accessibleName() != name:
+                value_label.setAccessibleName(name)
+            if value_label.toolTip() != (tooltip or ""):
+                value_label.setToolTip(tooltip or "")
 
     def _show_snapshot_disks(self, snapshot: Snapshot, usage: SnapshotUsage | None) -> None:
         self.disks.clear()

@@ -28,6 +28,7 @@ from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback
 from vmsnapgui.core.snapshot import DomainSummary
+from vmsnapgui.qt import gc_pauses
 from vmsnapgui.qt.display_text import connection_label, sizes_unavailable
 from vmsnapgui.qt.job_runner import Job, JobRunner
 from vmsnapgui.virt.connection import Connection, ConnectionState, ConnectionStatus
@@ -40,8 +41,12 @@ _log = logging.getLogger(__name__)
 DEMO_LAB_ENTRY = "demo-lab"  # how the demo lab is remembered among connection URIs
 SELECTED_PRIORITY = 10
 WATCH_INTERVAL = 2.0
-IN_PROCESS_FETCH_THREADS = 2
+# The test and embedded drivers run inside this process: each call is CPU work under
+# the driver's lock and, around it, Python under the GIL. More threads cannot make it
+# faster; each one more only lengthens the queue the GUI thread joins for the GIL.
+IN_PROCESS_FETCH_THREADS = 1
 POLL_THREADS = 4
+IN_PROCESS_POLL_THREADS = 1
 # VMs with more snapshots than this load through a loader (and thread pool) of their
 # own, so fetching ten thousand snapshot XMLs never queues ahead of a small VM's refresh.
 BULK_SNAPSHOTS = 200
@@ -51,6 +56,13 @@ BULK_SNAPSHOTS = 200
 LOAD_LANE = "load"
 # Opening connections: mostly waiting, but each open lists the VMs in Python too.
 CONNECT_LANE = "connect"
+# An in-process driver (test:, qemu:///embed) does on our CPUs what libvirtd does for
+# other hosts. Opening one parses its whole definition (seconds of C for a big file):
+# a lane of its own, so the trees of hosts already open load meanwhile. Its trees and
+# sizes are Python under the GIL as well as driver work: one at a time, in their own lane
+# (the loading lane's second job only adds GIL contention for the GUI thread).
+IN_PROCESS_OPEN_LANE = "in-process-open"
+IN_PROCESS_LOAD_LANE = "in-process-load"
 
 OperationFunction = Callable[[SnapshotLoader, ProgressCallback, CancelToken], Any]
 
@@ -102,7 +114,12 @@ class HostConnection(QObject):
         self._bulk_uuids: set[str] = set()
         # The watcher polls through its own small pool: its cheap calls must not wait
         # behind a big tree's fetches.
-        self._poll_loader = SnapshotLoader(self.connection, max_threads=POLL_THREADS)
+        self._poll_loader = SnapshotLoader(
+            self.connection,
+            max_threads=IN_PROCESS_POLL_THREADS if self._in_process else POLL_THREADS,
+        )
+        self._connect_lane = IN_PROCESS_OPEN_LANE if self._in_process else CONNECT_LANE
+        self._load_lane = IN_PROCESS_LOAD_LANE if self._in_process else LOAD_LANE
         self._watch_interval = watch_interval
         self._watcher: SnapshotWatcher | None = None
         self._alive = True
@@ -118,6 +135,7 @@ class HostConnection(QObject):
         self.last_refresh: float | None = None
         self._pending: set[tuple[str, str]] = set()
         self._tree_jobs: dict[str, Job] = {}
+        self._focus: str | None = None  # the VM the user looks at (see prioritize)
         self._refetch_all: set[str] = set()
         self._ever_connected = False
         self._was_lost = False
@@ -132,7 +150,7 @@ class HostConnection(QObject):
     def _new_loader(self) -> SnapshotLoader:
         if self._in_process:
             # The test and embedded drivers run inside this process under one lock:
-            # threads only add GIL contention.
+            # threads only add GIL contention (see IN_PROCESS_FETCH_THREADS).
             return SnapshotLoader(self.connection, max_threads=IN_PROCESS_FETCH_THREADS)
         return SnapshotLoader(self.connection)
 
@@ -179,7 +197,7 @@ class HostConnection(QObject):
             on_done=self._on_opened,
             on_error=self._on_open_failed,
             on_progress=self._on_open_progress,
-            lane=CONNECT_LANE,
+            lane=self._connect_lane,
         )
 
     def retry(self) -> None:
@@ -192,7 +210,11 @@ class HostConnection(QObject):
             self.open()
 
     def refresh_domains(self) -> None:
-        """List the VMs again (their states, counts and current snapshots)."""
+        """List the VMs again (their states, counts and current snapshots).
+
+        News (a VM started, an operation ended) must not wait behind the loading of
+        big trees: the listing is one quick job, so it runs outside the loading lane.
+        """
         if not self.connection.is_connected:
             return
         self._mark_pending("domains", "")
@@ -203,11 +225,18 @@ class HostConnection(QObject):
             on_done=self._on_domains_listed,
             on_error=self._on_domains_failed,
             replace_pending=True,
-            lane=LOAD_LANE,
         )
 
-    def load_tree(self, uuid: str, *, refetch_all: bool = False, priority: int = 0) -> Job | None:
-        """Load (or refresh) one VM's snapshot tree; its sizes follow."""
+    def load_tree(
+        self, uuid: str, *, refetch_all: bool = False, priority: int = 0, bulk: bool = False
+    ) -> Job | None:
+        """Load (or refresh) one VM's snapshot tree; its sizes follow.
+
+        A first load, or one of a reload of every VM at once (``bulk``), waits its turn
+        in the loading lane. A refresh of a loaded tree (news from the watcher or an
+        operation) fetches only what changed and runs at once: a snapshot made with
+        virsh shows within seconds even while big trees load.
+        """
         if not self.connection.is_connected or not self._alive:
             return None
         if refetch_all:
@@ -223,17 +252,21 @@ class HostConnection(QObject):
             on_done=self._on_tree_loaded,
             on_error=self._tree_failed_for(uuid),
             replace_pending=True,
-            priority=priority,
-            lane=LOAD_LANE,
+            priority=self._priority_of(uuid, priority),
+            lane=self._load_lane if bulk or uuid not in self.trees else None,
         )
         self._tree_jobs[uuid] = job
         return job
 
     def prioritize(self, uuid: str) -> None:
-        """The user looks at this VM: load its tree before the other VMs' trees."""
+        """The user looks at this VM: load its tree and sizes before the other VMs'."""
+        self._focus = uuid
         job = self._tree_jobs.get(uuid)
         if job is not None and not job.is_finished:
             self._runner.raise_priority(job, SELECTED_PRIORITY)
+
+    def _priority_of(self, uuid: str, priority: int) -> int:
+        return max(priority, SELECTED_PRIORITY) if uuid == self._focus else priority
 
     def measure_usage(self, uuid: str) -> None:
         """Measure the disk space of one VM's snapshots (after its tree is loaded)."""
@@ -248,7 +281,8 @@ class HostConnection(QObject):
             on_done=self._usage_loaded_for(uuid),
             on_error=self._usage_failed_for(uuid),
             replace_pending=True,
-            lane=LOAD_LANE,
+            priority=self._priority_of(uuid, 0),
+            lane=self._load_lane,
         )
 
     def fetch_domain_xml(
@@ -396,7 +430,7 @@ class HostConnection(QObject):
             self._was_lost = False
             self.refresh_domains()
             for uuid in list(self.domains):
-                self.load_tree(uuid, refetch_all=True)
+                self.load_tree(uuid, refetch_all=True, bulk=True)
         self._update_settled()
 
     def _on_open_progress(self, progress: Progress) -> None:
@@ -468,6 +502,7 @@ class HostConnection(QObject):
         self.tree_errors.pop(uuid, None)
         self.domains[uuid] = loaded.domain
         self.last_refresh = time.time()
+        gc_pauses.loaded_data_arrived()
         self.tree_loaded.emit(loaded)
         if previous is None or _shape(previous) != _shape(loaded) or uuid not in self.usages:
             self.measure_usage(uuid)
@@ -491,6 +526,7 @@ class HostConnection(QObject):
             if self._alive and uuid in self.domains:
                 self.usages[uuid] = usage
                 self.usage_errors.pop(uuid, None)
+                gc_pauses.loaded_data_arrived()
                 self.usage_loaded.emit(uuid, usage)
             self._update_settled()
 

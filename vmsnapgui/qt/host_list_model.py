@@ -6,13 +6,28 @@ snapshots hold. The model keeps only which rows exist (and their cached row numb
 every value is read from the host object when a view asks, so a change is one
 ``dataChanged``. VM rows are kept sorted by name and updated as a diff, so the
 selection and expansion stay put while hosts refresh.
+
+A fleet of hosts reports a tree or a size every few milliseconds while it loads, and a
+view repaints its whole viewport for a row that changed: the changes are gathered and
+announced a few times a second (:data:`REDRAW_DELAY_MS`), one range per host. Each call
+a view makes into this Python model waits for the GIL, which loading threads hold much
+of the time, so the calls views make most (``index``, ``parent``) do no more calls into
+Qt than they must.
 """
 
 from __future__ import annotations
 
 import enum
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    QTimer,
+    Slot,
+)
 
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.units import format_bytes
@@ -29,6 +44,9 @@ from vmsnapgui.qt.host_connection import HostConnection
 from vmsnapgui.virt.connection import ConnectionState
 
 ModelIndex = QModelIndex | QPersistentModelIndex
+# How long changed rows wait to be announced (gathered meanwhile); the status bar is
+# refreshed at the same pace.
+REDRAW_DELAY_MS = 250
 
 
 class HostColumn(enum.IntEnum):
@@ -39,6 +57,8 @@ class HostColumn(enum.IntEnum):
     SPACE = 2
 
 
+COLUMN_COUNT = len(HostColumn)
+
 HOST_HEADERS = {
     HostColumn.NAME: "Connections and VMs",
     HostColumn.SNAPSHOTS: "Snapshots",
@@ -47,21 +67,32 @@ HOST_HEADERS = {
 
 
 class _HostNode:
-    __slots__ = ("domains", "host", "row")
+    __slots__ = ("by_uuid", "dirty_rows", "dirty_self", "domains", "host", "index", "row", "space")
 
     def __init__(self, host: HostConnection, row: int) -> None:
         self.host = host
         self.row = row
         self.domains: list[_DomainNode] = []
+        self.by_uuid: dict[str, _DomainNode] = {}
+        # This row's index (column 0), the parent of every VM row: made once per move.
+        self.index = QModelIndex()
+        # What changed since the last announcement: VM rows, and the host row itself.
+        self.dirty_rows: set[_DomainNode] = set()
+        self.dirty_self = False
+        # uuid -> (usage, error, text): the sum over a VM's snapshots, per measurement.
+        self.space: dict[str, tuple[DomainUsage | None, str | None, SizeText]] = {}
 
 
 class _DomainNode:
-    __slots__ = ("host_node", "row", "uuid")
+    __slots__ = ("host_node", "index", "index_row", "row", "uuid")
 
     def __init__(self, host_node: _HostNode, uuid: str, row: int) -> None:
         self.host_node = host_node
         self.uuid = uuid
         self.row = row
+        # This row's index in column 0, kept for the row it was made at.
+        self.index: QModelIndex | None = None
+        self.index_row = -1
 
 
 def snapshot_space(usage: DomainUsage | None, error: str | None) -> SizeText:
@@ -109,6 +140,11 @@ class HostListModel(QAbstractItemModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._hosts: list[_HostNode] = []
+        self._dirty_hosts: set[_HostNode] = set()
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(REDRAW_DELAY_MS)
+        self._redraw_timer.timeout.connect(self._on_redraw_timer)
 
     # -- structure ----------------------------------------------------------------------
 
@@ -120,9 +156,11 @@ class HostListModel(QAbstractItemModel):
         """Show a connection (at the end)."""
         row = len(self._hosts)
         self.beginInsertRows(QModelIndex(), row, row)
-        self._hosts.append(_HostNode(host, row))
+        node = _HostNode(host, row)
+        node.index = self.createIndex(row, 0, node)
+        self._hosts.append(node)
         self.endInsertRows()
-        return self.index(row, 0)
+        return node.index
 
     def remove_host(self, host: HostConnection) -> None:
         """Stop showing a connection and its VMs."""
@@ -131,21 +169,55 @@ class HostListModel(QAbstractItemModel):
             return
         self.beginRemoveRows(QModelIndex(), node.row, node.row)
         del self._hosts[node.row]
+        self._dirty_hosts.discard(node)
         for row, item in enumerate(self._hosts):
             item.row = row
+            item.index = self.createIndex(row, 0, item)
         self.endRemoveRows()
 
     def host_changed(self, host: HostConnection) -> None:
-        """Redraw a connection's row (its state changed)."""
+        """Redraw a connection's row (its state changed), soon."""
         node = self._host_node(host)
         if node is not None:
-            self.dataChanged.emit(self.index(node.row, 0), self.index(node.row, 2))
+            self._mark_dirty(node, None)
 
     def domain_changed(self, host: HostConnection, uuid: str) -> None:
-        """Redraw a VM's row (its tree or sizes arrived)."""
-        index = self.index_of_domain(host, uuid)
-        if index.isValid():
-            self.dataChanged.emit(index, index.siblingAtColumn(len(HostColumn) - 1))
+        """Redraw a VM's row (its tree or sizes arrived), soon."""
+        node = self._host_node(host)
+        child = node.by_uuid.get(uuid) if node is not None else None
+        if node is not None and child is not None:
+            self._mark_dirty(node, child)
+
+    def flush_changes(self) -> None:
+        """Announce the rows changed so far now (one range per host)."""
+        self._redraw_timer.stop()
+        hosts, self._dirty_hosts = self._dirty_hosts, set()
+        last_column = COLUMN_COUNT - 1
+        for node in sorted(hosts, key=lambda item: item.row):
+            rows = [child.row for child in node.dirty_rows if node.by_uuid.get(child.uuid) is child]
+            if node.dirty_self:
+                self.dataChanged.emit(node.index, node.index.siblingAtColumn(last_column))
+            if rows:
+                first, last = min(rows), max(rows)
+                self.dataChanged.emit(
+                    self.createIndex(first, 0, node.domains[first]),
+                    self.createIndex(last, last_column, node.domains[last]),
+                )
+            node.dirty_rows = set()
+            node.dirty_self = False
+
+    @Slot()
+    def _on_redraw_timer(self) -> None:
+        self.flush_changes()
+
+    def _mark_dirty(self, node: _HostNode, child: _DomainNode | None) -> None:
+        if child is None:
+            node.dirty_self = True
+        else:
+            node.dirty_rows.add(child)
+        self._dirty_hosts.add(node)
+        if not self._redraw_timer.isActive():
+            self._redraw_timer.start()
 
     def sync_domains(self, host: HostConnection) -> None:
         """Make the VM rows match ``host.domains`` (sorted by name), as a diff."""
@@ -169,7 +241,9 @@ class HostListModel(QAbstractItemModel):
                 last = position[child.uuid]
         for row in reversed(doomed):
             self.beginRemoveRows(parent, row, row)
-            del node.domains[row]
+            gone = node.domains.pop(row)
+            del node.by_uuid[gone.uuid]
+            node.space.pop(gone.uuid, None)
             for index, child in enumerate(node.domains):
                 child.row = index
             self.endRemoveRows()
@@ -182,19 +256,18 @@ class HostListModel(QAbstractItemModel):
                 continue
             if pending:
                 self.beginInsertRows(parent, row, row + len(pending) - 1)
-                node.domains[row:row] = [_DomainNode(node, item, 0) for item in pending]
+                added = [_DomainNode(node, item, 0) for item in pending]
+                node.domains[row:row] = added
+                node.by_uuid.update((child.uuid, child) for child in added)
                 for index, child in enumerate(node.domains):
                     child.row = index
                 self.endInsertRows()
                 row += len(pending)
                 pending = []
             row += 1
-        if node.domains:
-            self.dataChanged.emit(
-                self.index(0, 0, parent),
-                self.index(len(node.domains) - 1, len(HostColumn) - 1, parent),
-            )
-        self.host_changed(host)
+        # States, counts and current snapshots may have changed on every row.
+        node.dirty_rows.update(node.domains)
+        self._mark_dirty(node, None)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -220,29 +293,33 @@ class HostListModel(QAbstractItemModel):
     def index_of_domain(self, host: HostConnection, uuid: str) -> QModelIndex:
         """A VM's row."""
         node = self._host_node(host)
-        if node is None:
+        child = node.by_uuid.get(uuid) if node is not None else None
+        if child is None:
             return QModelIndex()
-        for child in node.domains:
-            if child.uuid == uuid:
-                return self.createIndex(child.row, 0, child)
-        return QModelIndex()
+        return self._first_cell(child)
 
     # -- Qt's model interface -------------------------------------------------------------
 
     def index(self, row: int, column: int, parent: ModelIndex = QModelIndex()) -> QModelIndex:  # noqa: B008
-        if not self.hasIndex(row, column, parent):
+        # Bounds checked here rather than with hasIndex(), which would call back into
+        # rowCount() and columnCount(): three waits for the GIL instead of none.
+        if row < 0 or not 0 <= column < COLUMN_COUNT:
             return QModelIndex()
         if not parent.isValid():
-            return self.createIndex(row, column, self._hosts[row])
+            if row >= len(self._hosts):
+                return QModelIndex()
+            node = self._hosts[row]
+            return node.index if column == 0 else self.createIndex(row, column, node)
         item = self._item(parent)
-        if isinstance(item, _HostNode):
-            return self.createIndex(row, column, item.domains[row])
+        if isinstance(item, _HostNode) and parent.column() == 0 and row < len(item.domains):
+            child = item.domains[row]
+            return self._first_cell(child) if column == 0 else self.createIndex(row, column, child)
         return QModelIndex()
 
     def parent(self, index: ModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]  # noqa: B008
         item = self._item(index)
         if isinstance(item, _DomainNode):
-            return self.createIndex(item.host_node.row, 0, item.host_node)
+            return item.host_node.index
         return QModelIndex()
 
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -254,12 +331,12 @@ class HostListModel(QAbstractItemModel):
         return len(item.domains) if isinstance(item, _HostNode) else 0
 
     def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(HostColumn)
+        return COLUMN_COUNT
 
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> object:
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(HostColumn):
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < COLUMN_COUNT:
             return None
         if role == Qt.ItemDataRole.DisplayRole:
             return HOST_HEADERS[HostColumn(section)]
@@ -267,17 +344,15 @@ class HostListModel(QAbstractItemModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
-    def flags(self, index: ModelIndex) -> Qt.ItemFlag:
-        if not index.isValid():
-            return Qt.ItemFlag.NoItemFlags
-        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+    # flags(): Qt's default (enabled and selectable) is what this model wants, and
+    # leaving it to Qt spares a call into Python for every row a view lays out.
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> object:
         item = self._item(index)
         if isinstance(item, _HostNode):
             return self._host_data(item.host, index.column(), role)
         if isinstance(item, _DomainNode):
-            return self._domain_data(item.host_node.host, item.uuid, index.column(), role)
+            return self._domain_data(item.host_node, item.uuid, index.column(), role)
         return None
 
     # -- data ---------------------------------------------------------------------------
@@ -307,7 +382,8 @@ class HostListModel(QAbstractItemModel):
             return f"Connection {host.label}, {status_text(status)}"
         return None
 
-    def _domain_data(self, host: HostConnection, uuid: str, column: int, role: int) -> object:
+    def _domain_data(self, node: _HostNode, uuid: str, column: int, role: int) -> object:
+        host = node.host
         summary = host.domains.get(uuid)
         if summary is None:
             return None
@@ -319,11 +395,11 @@ class HostListModel(QAbstractItemModel):
                 count = len(loaded.tree) if loaded is not None else summary.snapshot_count
                 return "?" if count is None else str(count)
             if column == HostColumn.SPACE:
-                return self._space(host, uuid).text
+                return self._space(node, uuid).text
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == HostColumn.SPACE:
-                return self._space(host, uuid).tooltip
+                return self._space(node, uuid).tooltip
             lines = [f"{summary.name}: {summary.state.value}"]
             current = loaded.tree.current if loaded is not None else summary.current_snapshot
             lines.append(f"Current snapshot: {current}" if current else "No current snapshot")
@@ -339,9 +415,17 @@ class HostListModel(QAbstractItemModel):
             return f"Virtual machine {summary.name}, {summary.state.value}"
         return None
 
-    def _space(self, host: HostConnection, uuid: str) -> SizeText:
+    def _space(self, node: _HostNode, uuid: str) -> SizeText:
+        host = node.host
+        usage = host.usages.get(uuid)
         error = host.usage_errors.get(uuid)
-        return snapshot_space(host.usages.get(uuid), error.message if error else None)
+        reason = error.message if error else None
+        cached = node.space.get(uuid)
+        if cached is not None and cached[0] is usage and cached[1] == reason:
+            return cached[2]
+        text = snapshot_space(usage, reason)
+        node.space[uuid] = (usage, reason, text)
+        return text
 
     # -- internals ------------------------------------------------------------------------
 
@@ -350,6 +434,13 @@ class HostListModel(QAbstractItemModel):
             return None
         item = index.internalPointer()
         return item if isinstance(item, _HostNode | _DomainNode) else None
+
+    def _first_cell(self, child: _DomainNode) -> QModelIndex:
+        """A VM row's index in column 0, made once for the row it is at."""
+        if child.index is None or child.index_row != child.row:
+            child.index = self.createIndex(child.row, 0, child)
+            child.index_row = child.row
+        return child.index
 
     def _host_node(self, host: HostConnection) -> _HostNode | None:
         for node in self._hosts:

@@ -41,15 +41,26 @@ def _renderer(name: str) -> QSvgRenderer | None:
 
 
 class LayeredSvgIconEngine(QIconEngine):
-    """Paints several SVG drawings on top of each other, each in its own rectangle."""
+    """Paints several SVG drawings on top of each other, each in its own rectangle.
+
+    Each size is drawn once and kept as a pixmap: item views paint an icon for every
+    visible row on every repaint, and rendering SVG there (in Python, a call into Qt
+    per layer and rectangle) made repaints slow while loading threads held the GIL.
+    """
 
     def __init__(self, layers: tuple[Layer, ...]) -> None:
         super().__init__()
         self._layers = layers
+        self._pixmaps: dict[tuple[int, int, QIcon.Mode, QIcon.State, float], QPixmap] = {}
 
     def paint(self, painter: QPainter, rect: object, mode: QIcon.Mode, state: QIcon.State) -> None:
         target = QRectF(rect)  # type: ignore[call-overload]
-        painter.save()
+        device = painter.device()
+        ratio = device.devicePixelRatioF() if device is not None else 1.0
+        size = QSize(round(target.width()), round(target.height()))
+        painter.drawPixmap(target.topLeft(), self.scaledPixmap(size, mode, state, ratio))
+
+    def _render(self, painter: QPainter, target: QRectF, mode: QIcon.Mode) -> None:
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         if mode == QIcon.Mode.Disabled:
             painter.setOpacity(0.35)
@@ -66,23 +77,25 @@ class LayeredSvgIconEngine(QIconEngine):
                     fh * target.height(),
                 ),
             )
-        painter.restore()
 
     def pixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State) -> QPixmap:
-        image = QImage(size, QImage.Format.Format_ARGB32_Premultiplied)
-        image.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(image)
-        self.paint(painter, QRectF(0, 0, size.width(), size.height()), mode, state)
-        painter.end()
-        return QPixmap.fromImage(image)
+        return self.scaledPixmap(size, mode, state, 1.0)
 
     def scaledPixmap(
         self, size: QSize, mode: QIcon.Mode, state: QIcon.State, scale: float
     ) -> QPixmap:
-        pixmap = self.pixmap(
-            QSize(round(size.width() * scale), round(size.height() * scale)), mode, state
-        )
-        pixmap.setDevicePixelRatio(scale)
+        key = (size.width(), size.height(), mode, state, scale)
+        pixmap = self._pixmaps.get(key)
+        if pixmap is None:
+            width, height = round(size.width() * scale), round(size.height() * scale)
+            image = QImage(max(width, 1), max(height, 1), QImage.Format.Format_ARGB32_Premultiplied)
+            image.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(image)
+            self._render(painter, QRectF(0, 0, width, height), mode)
+            painter.end()
+            pixmap = QPixmap.fromImage(image)
+            pixmap.setDevicePixelRatio(scale)
+            self._pixmaps[key] = pixmap
         return pixmap
 
     def clone(self) -> QIconEngine:

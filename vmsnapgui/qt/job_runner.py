@@ -1,8 +1,8 @@
-"""The one way the GUI runs blocking work: jobs on a thread pool, results as signals.
+"""The one way the GUI runs blocking work: jobs on a thread pool, results on the GUI thread.
 
 A job is a plain function ``fn(progress, cancel_token)`` that may block (libvirt calls,
 disk reads). It runs on a :class:`QThreadPool` thread; its result, failure and progress
-come back to the GUI thread through queued signals of a companion ``QObject`` (a
+come back to the GUI thread through a companion ``QObject``, :class:`JobReports` (a
 ``QRunnable`` cannot have signals). Jobs submitted with the same key (one VM, say) run
 one at a time in submission order; different keys run in parallel. Cancel is
 cooperative: :meth:`Job.cancel` sets the job's :class:`CancelToken`, which the function
@@ -19,14 +19,16 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import CancelledError
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import Cancelled, CancelToken, Progress, ProgressCallback
@@ -39,6 +41,9 @@ ErrorCallback = Callable[[UserError], None]
 ProgressHandler = Callable[[Progress], None]
 
 DEFAULT_MAX_THREADS = 24
+# How long one turn of handing reports to the GUI thread may go on before the event
+# loop gets a turn (a report whose callbacks take longer is still handed on whole).
+HAND_ON_BUDGET_S = 0.01
 
 
 class JobState(enum.StrEnum):
@@ -51,18 +56,61 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class JobSignals(QObject):
-    """The signals of jobs, emitted from worker threads and received queued.
+class JobReports(QObject):
+    """What jobs report (progress, result, failure), handed to the GUI thread in order.
 
-    One object serves every job of a runner (made and connected once, so starting a
-    job costs the GUI thread almost nothing); each signal carries the job's id, and the
-    runner, a QObject living on the GUI thread, receives them in its own methods: that
-    is what makes the connections queued.
+    Pool threads add reports to a queue; the first report after the queue was empty
+    wakes a zero-delay timer on the GUI thread, which hands the reports on. A Qt timer of
+    zero delay fires once the events already waiting have been handled, and Qt's event
+    loop runs timers only when no posted event is left: one queued signal per report
+    made a chain of posted events whenever hosts loaded (a result, the repaint and
+    layouts it caused, the next result…) that kept every timer of the window waiting for
+    a fifth of a second. Now each report's consequences are drawn before the next report
+    is handed on, and a turn of handing on stops after :data:`HAND_ON_BUDGET_S`.
     """
 
-    progressed = Signal(int, object)  # job id, Progress
-    succeeded = Signal(int, object)  # job id, the function's result
-    errored = Signal(int, object)  # job id, UserError
+    wake = Signal()  # emitted from a pool thread; starts the timer (queued)
+
+    def __init__(
+        self, deliver: Callable[[str, int, object], None], parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[str, int, object]] = deque()
+        self._woken = False
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._on_timer)
+        self.wake.connect(self._timer.start)
+
+    def post(self, kind: str, job_id: int, payload: object) -> None:
+        """Queue a report (any thread): kind is "progress", "done" or "error"."""
+        with self._lock:
+            self._queue.append((kind, job_id, payload))
+            if self._woken:
+                return
+            self._woken = True
+        self.wake.emit()
+
+    @Slot()
+    def _on_timer(self) -> None:
+        deadline = time.monotonic() + HAND_ON_BUDGET_S
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._woken = False
+                    return
+                kind, job_id, payload = self._queue.popleft()
+            try:
+                self._deliver(kind, job_id, payload)
+            except BaseException:
+                self._timer.start()  # the reports behind this one still get handed on
+                raise
+            if time.monotonic() >= deadline:
+                self._timer.start()
+                return
 
 
 class Job:
@@ -96,12 +144,22 @@ class Job:
         self.submitted_at = time.monotonic()
         self.started_at: float | None = None
         self.ended_at: float | None = None
-        self.signals: JobSignals | None = None
-        self.runnable: _JobRunnable | None = None
+        # Weak: PySide's QThreadPool keeps the runnable alive until Qt deletes it after
+        # run(); a strong reference here would keep it (and this job) alive for ever.
+        self._runnable: weakref.ref[_JobRunnable] | None = None
 
     def cancel(self) -> None:
         """Ask the job to stop; a queued job never starts."""
         self.cancel_token.cancel()
+
+    @property
+    def runnable(self) -> _JobRunnable | None:
+        """The pool's handle on this job while it is queued or running, if it still exists."""
+        return self._runnable() if self._runnable is not None else None
+
+    @runnable.setter
+    def runnable(self, runnable: _JobRunnable | None) -> None:
+        self._runnable = weakref.ref(runnable) if runnable is not None else None
 
     @property
     def is_finished(self) -> bool:
@@ -113,33 +171,45 @@ class Job:
 
 
 class _JobRunnable(QRunnable):
-    """Runs one job's function on a pool thread; reports only through its signals."""
+    """Runs one job's function on a pool thread; reports only through its reports."""
 
-    def __init__(self, job: Job, signals: JobSignals) -> None:
+    def __init__(self, job: Job, reports: JobReports) -> None:
         super().__init__()
-        # The runner owns this object; Qt must not delete it behind Python's back.
-        self.setAutoDelete(False)
+        # Qt deletes the C++ side when run() returns, which also drops the reference
+        # PySide's QThreadPool.start() keeps to the Python object. With auto-delete off
+        # that reference was never dropped: every job, its function and whatever that
+        # holds (a whole tree, for a size job) stayed alive.
+        self.setAutoDelete(True)
         self._job = job
-        self._signals = signals
+        self._reports = reports
+        # PySide takes its reference after QThreadPool.start() returns; a run that ended
+        # (and was deleted) before that would leave the reference behind for ever.
+        self._started = threading.Event()
+
+    def started(self) -> None:
+        """QThreadPool.start() has returned (called on the GUI thread)."""
+        self._started.set()
 
     def run(self) -> None:
-        job, signals = self._job, self._signals
+        self._started.wait()
+        job, post = self._job, self._reports.post
         job_id = job.id
 
         def report(progress: Progress) -> None:
-            signals.progressed.emit(job_id, progress)
+            post("progress", job_id, progress)
 
         try:
             job.cancel_token.raise_if_cancelled()
             result = job.fn(report, job.cancel_token)
         except UserError as exc:
-            signals.errored.emit(job_id, exc)
+            post("error", job_id, exc)
         except CancelledError:
             # A thread pool the job waited on was shut down (closing a connection).
-            signals.errored.emit(job_id, Cancelled())
+            post("error", job_id, Cancelled())
         except Exception as exc:
             _log.exception("job %r failed unexpectedly", job.description)
-            signals.errored.emit(
+            post(
+                "error",
                 job_id,
                 UserError(
                     f"{job.description} failed unexpectedly: {exc or type(exc).__name__}",
@@ -147,7 +217,7 @@ class _JobRunnable(QRunnable):
                 ),
             )
         else:
-            signals.succeeded.emit(job_id, result)
+            post("done", job_id, result)
 
 
 class JobRunner(QObject):
@@ -170,10 +240,7 @@ class JobRunner(QObject):
         self._lane_running: dict[str, int] = {}
         self._lane_waiting: dict[str, list[Job]] = {}
         self._shut_down = False
-        self._signals = JobSignals(self)
-        self._signals.progressed.connect(self._on_job_progressed)
-        self._signals.succeeded.connect(self._on_job_succeeded)
-        self._signals.errored.connect(self._on_job_errored)
+        self._reports = JobReports(self._on_report, self)
 
     # -- public -----------------------------------------------------------------------
 
@@ -198,7 +265,9 @@ class JobRunner(QObject):
         job with the same key that has not started yet (useful for "reload" requests
         that pile up). Higher ``priority`` starts first when threads are scarce.
         """
-        job = Job(next(self._ids), key, description, fn, on_done, on_error, on_progress, priority)
+        job = Job(
+            next(self._ids), key, description, fn, on_done, on_error, on_progress, priority, lane
+        )
         if self._shut_down:
             job.state = JobState.CANCELLED
             return job
@@ -248,7 +317,13 @@ class JobRunner(QObject):
         if job.lane is not None and job in self._lane_waiting.get(job.lane, []):
             return  # picked by priority when its lane has room
         runnable = job.runnable
-        if job.state is JobState.RUNNING and runnable is not None and self._pool.tryTake(runnable):
+        if job.state is not JobState.RUNNING or runnable is None:
+            return
+        try:
+            taken = self._pool.tryTake(runnable)
+        except RuntimeError:
+            return  # it has run and Qt has deleted it; its result is on its way
+        if taken:
             self._pool.start(runnable, priority)
 
     def cancel_all(self) -> None:
@@ -305,13 +380,14 @@ class JobRunner(QObject):
         self._launch(job)
 
     def _launch(self, job: Job) -> None:
-        job.signals = self._signals
-        job.runnable = _JobRunnable(job, self._signals)
+        runnable = _JobRunnable(job, self._reports)
+        job.runnable = runnable
         job.state = JobState.RUNNING
         job.started_at = time.monotonic()
         self._running[job.id] = job
         self.job_started.emit(job)
-        self._pool.start(job.runnable, job.priority)
+        self._pool.start(runnable, job.priority)
+        runnable.started()
 
     def _lane_freed(self, lane: str | None) -> None:
         if lane is None or lane not in self._lane_limits:
@@ -329,7 +405,14 @@ class JobRunner(QObject):
             self._lane_running[lane] += 1
             self._launch(job)
 
-    @Slot(int, object)
+    def _on_report(self, kind: str, job_id: int, payload: object) -> None:
+        if kind == "progress":
+            self._on_job_progressed(job_id, payload)
+        elif kind == "done":
+            self._on_job_succeeded(job_id, payload)
+        else:
+            self._on_job_errored(job_id, payload)
+
     def _on_job_progressed(self, job_id: int, progress: object) -> None:
         job = self._running.get(job_id)
         if job is None or not isinstance(progress, Progress):
@@ -339,13 +422,11 @@ class JobRunner(QObject):
             job.on_progress(progress)
         self.job_progress.emit(job)
 
-    @Slot(int, object)
     def _on_job_succeeded(self, job_id: int, result: object) -> None:
         job = self._running.get(job_id)
         if job is not None:
             self._finish(job, result, None)
 
-    @Slot(int, object)
     def _on_job_errored(self, job_id: int, error: object) -> None:
         job = self._running.get(job_id)
         if job is not None:
@@ -381,8 +462,7 @@ class JobRunner(QObject):
                 _log.warning("%s: %s", job.description, error.message)
         finally:
             self.job_ended.emit(job)
-            # Drop the runnable only now: its last signal has been delivered.
-            job.signals = None
+            # Drop the runnable only now: its last report has been handed on.
             job.runnable = None
             if job.key is not None:
                 queue = self._queues.get(job.key)

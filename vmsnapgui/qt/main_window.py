@@ -11,6 +11,7 @@ disabled, in :attr:`MainWindow.operation_actions`, and run through
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from functools import partial
@@ -55,6 +56,8 @@ from vmsnapgui.qt.details_panel import DetailsContext, DetailsPanel
 from vmsnapgui.qt.host_connection import (
     CONNECT_LANE,
     DEMO_LAB_ENTRY,
+    IN_PROCESS_LOAD_LANE,
+    IN_PROCESS_OPEN_LANE,
     LOAD_LANE,
     HostConnection,
 )
@@ -79,6 +82,10 @@ LOAD_LANE_LIMIT = 2  # loading jobs at once (see JobRunner.set_lane_limit)
 # Connections opening at once: enough that a few unreachable hosts (which wait for a
 # network timeout) do not hold up the rest.
 CONNECT_LANE_LIMIT = 6
+# In-process drivers work on our own CPUs: their opens may use all but one (the GUI
+# thread's); their loading is Python, which runs one thread at a time anyway.
+IN_PROCESS_OPEN_LANE_LIMIT = max(1, (os.cpu_count() or 2) - 1)
+IN_PROCESS_LOAD_LANE_LIMIT = 1
 GIL_SWITCH_INTERVAL = 0.0005
 
 PAGE_WELCOME, PAGE_HOST, PAGE_TREE = range(3)
@@ -133,6 +140,8 @@ class MainWindow(QMainWindow):
         self.runner = runner or JobRunner(self)
         self.runner.set_lane_limit(LOAD_LANE, LOAD_LANE_LIMIT)
         self.runner.set_lane_limit(CONNECT_LANE, CONNECT_LANE_LIMIT)
+        self.runner.set_lane_limit(IN_PROCESS_OPEN_LANE, IN_PROCESS_OPEN_LANE_LIMIT)
+        self.runner.set_lane_limit(IN_PROCESS_LOAD_LANE, IN_PROCESS_LOAD_LANE_LIMIT)
         self.watch_interval = watch_interval
         self.hosts: list[HostConnection] = []
         self.current: tuple[HostConnection, str] | None = None
@@ -168,6 +177,9 @@ class MainWindow(QMainWindow):
         self.host_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.host_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.host_view.setAllColumnsShowFocus(True)
+        # A scroll bar that appears once the first host's VMs overflow the pane narrows
+        # every row after it is drawn: drawn twice, mid-load. Keep it there instead.
+        self.host_view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         header = self.host_view.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(HostColumn.NAME, QHeaderView.ResizeMode.Stretch)

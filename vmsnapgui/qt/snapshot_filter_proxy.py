@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel
+from PySide6.QtCore import (
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Signal,
+)
 
-from vmsnapgui.qt.snapshot_tree_model import SnapshotTreeModel
+from vmsnapgui.qt.snapshot_tree_model import Role, SnapshotTreeModel
 
 
 class SnapshotFilterProxy(QSortFilterProxyModel):
@@ -15,12 +21,21 @@ class SnapshotFilterProxy(QSortFilterProxyModel):
     matches are worked out once per filter text (Qt asks about each row many times
     while it walks the tree), and size updates do not re-filter: only a new text or a
     new tree (:meth:`refilter`) does.
+
+    :attr:`filtering_changed` says when the proxy starts or stops hiding rows, so a view
+    can read the snapshot model directly while there is nothing to hide.
     """
+
+    filtering_changed = Signal(bool)  # True: some text filters the rows now
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.setRecursiveFilteringEnabled(True)
         self.setDynamicSortFilter(False)
+        # The role the filter reads. Qt walks up to every ancestor of a changed row when
+        # a change touches this role (recursive filtering); size updates do not touch
+        # it, so they cost one signal per parent, not one per ancestor of each parent.
+        self.setFilterRole(Role.FILTER_TEXT)
         self._words: tuple[str, ...] = ()
         self._matches: set[str] = set()
 
@@ -34,10 +49,13 @@ class SnapshotFilterProxy(QSortFilterProxyModel):
         words = tuple(text.casefold().split())
         if words == self._words:
             return
+        was_filtering = bool(self._words)
         self.beginFilterChange()
         self._words = words
         self._matches = self._source_matches()
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        if bool(words) != was_filtering:
+            self.filtering_changed.emit(bool(words))
 
     def refilter(self) -> None:
         """Filter again (the tree changed under an active filter)."""

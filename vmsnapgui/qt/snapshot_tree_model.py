@@ -46,6 +46,8 @@ class Column(enum.IntEnum):
     DESCRIPTION = 4
 
 
+COLUMN_COUNT = len(Column)
+
 HEADERS = {
     Column.NAME: "Name",
     Column.CREATED: "Created",
@@ -70,16 +72,31 @@ class Role(enum.IntEnum):
     FILTER_TEXT = Qt.ItemDataRole.UserRole + 4  # what the filter box searches
 
 
-class _Node:
-    """A row: a snapshot name (or NOW_KEY), its parent, children and cached row."""
+# What a size update changes in a row.
+SIZE_ROLES = (
+    int(Qt.ItemDataRole.DisplayRole),
+    int(Qt.ItemDataRole.ToolTipRole),
+    int(Role.BAR_FRACTION),
+)
 
-    __slots__ = ("children", "key", "parent", "row")
+
+class _Node:
+    """A row: a snapshot name (or NOW_KEY), its parent, children and cached row.
+
+    ``index`` keeps the row's index in column 0 once made (for the row it was made at):
+    views ask for parents and first cells all the time, and making an index is a call
+    into Qt that gives the GIL away and waits to get it back.
+    """
+
+    __slots__ = ("children", "index", "index_row", "key", "parent", "row")
 
     def __init__(self, key: str | None, parent: _Node | None, row: int = 0) -> None:
         self.key = key
         self.parent = parent
         self.children: list[_Node] = []
         self.row = row
+        self.index: QModelIndex | None = None
+        self.index_row = -1
 
 
 class UsageState(enum.Enum):
@@ -163,7 +180,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         node = self._nodes.get(key)
         if node is None:
             return QModelIndex()
-        return self.createIndex(node.row, column, node)
+        return self._first_cell(node) if column == 0 else self.createIndex(node.row, column, node)
 
     def key_of(self, index: ModelIndex) -> str | None:
         """The snapshot name (or NOW_KEY) of a row."""
@@ -269,12 +286,19 @@ class SnapshotTreeModel(QAbstractItemModel):
     # -- Qt's model interface -----------------------------------------------------------
 
     def index(self, row: int, column: int, parent: ModelIndex = QModelIndex()) -> QModelIndex:  # noqa: B008
-        if not self.hasIndex(row, column, parent):
+        # Bounds checked here, not with hasIndex(), which would call back into rowCount()
+        # and columnCount(): views and the filter proxy ask for indexes all the time, and
+        # each call into Python waits for the GIL while trees load in the background.
+        if row < 0 or not 0 <= column < COLUMN_COUNT:
             return QModelIndex()
-        parent_node = self._node(parent) if parent.isValid() else self._root
-        if parent_node is None:
+        if parent.isValid():
+            parent_node = self._node(parent) if parent.column() == 0 else None
+        else:
+            parent_node = self._root
+        if parent_node is None or row >= len(parent_node.children):
             return QModelIndex()
-        return self.createIndex(row, column, parent_node.children[row])
+        node = parent_node.children[row]
+        return self._first_cell(node) if column == 0 else self.createIndex(row, column, node)
 
     def parent(self, index: ModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]  # noqa: B008
         node = self._node(index)
@@ -283,7 +307,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         parent = node.parent
         if parent is None or parent is self._root:
             return QModelIndex()
-        return self.createIndex(parent.row, 0, parent)
+        return self._first_cell(parent)
 
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
         if parent.column() > 0:
@@ -298,12 +322,12 @@ class SnapshotTreeModel(QAbstractItemModel):
         return node is not None and bool(node.children)
 
     def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return len(Column)
+        return COLUMN_COUNT
 
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> object:
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(Column):
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < COLUMN_COUNT:
             return None
         column = Column(section)
         if role == Qt.ItemDataRole.DisplayRole:
@@ -317,10 +341,8 @@ class SnapshotTreeModel(QAbstractItemModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
-    def flags(self, index: ModelIndex) -> Qt.ItemFlag:
-        if not index.isValid():
-            return Qt.ItemFlag.NoItemFlags
-        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+    # flags(): Qt's default (enabled and selectable) is what this model wants; leaving
+    # it to Qt spares a call into Python for every row painted.
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> object:
         node = self._node(index)
@@ -501,7 +523,14 @@ class SnapshotTreeModel(QAbstractItemModel):
     def _index_of_node(self, node: _Node) -> QModelIndex:
         if node is self._root:
             return QModelIndex()
-        return self.createIndex(node.row, 0, node)
+        return self._first_cell(node)
+
+    def _first_cell(self, node: _Node) -> QModelIndex:
+        """The node's index in column 0, made once for the row it is at."""
+        if node.index is None or node.index_row != node.row:
+            node.index = self.createIndex(node.row, 0, node)
+            node.index_row = node.row
+        return node.index
 
     def _apply_diff(self, previous: DomainSnapshots, loaded: DomainSnapshots) -> None:
         new_tree = loaded.tree
@@ -572,7 +601,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         changed_keys.update(k for k in (old_tree.current, new_tree.current) if k is not None)
         if previous.domain != loaded.domain:
             changed_keys.add(NOW_KEY)
-        last_column = len(Column) - 1
+        last_column = COLUMN_COUNT - 1
         for key in changed_keys:
             node = self._nodes.get(key)
             if node is not None:
@@ -615,6 +644,8 @@ class SnapshotTreeModel(QAbstractItemModel):
         self._largest_delta = max(values, default=0)
 
     def _emit_columns_changed(self, first: Column, last: Column) -> None:
+        # Only what sizes change: the filter proxy then has no reason to look at rows.
+        roles = list(SIZE_ROLES)
         parents = list(self._iter_parents())
         if len(parents) > PER_PARENT_SIGNAL_LIMIT:
             # A view handles every dataChanged on its own (milliseconds each through a
@@ -622,7 +653,7 @@ class SnapshotTreeModel(QAbstractItemModel):
             # their whole viewport for a multi-row change, deeper rows included.
             rows = len(self._root.children)
             if rows:
-                self.dataChanged.emit(self.index(0, first), self.index(rows - 1, last))
+                self.dataChanged.emit(self.index(0, first), self.index(rows - 1, last), roles)
             return
         for parent in parents:
             if parent.children:
@@ -630,6 +661,7 @@ class SnapshotTreeModel(QAbstractItemModel):
                 self.dataChanged.emit(
                     self.index(0, first, parent_index),
                     self.index(len(parent.children) - 1, last, parent_index),
+                    roles,
                 )
 
     def _iter_parents(self) -> Iterator[_Node]:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPoint, QSortFilterProxyModel, Qt, Signal, Slot
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QPoint,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+    Slot,
+)
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeView, QWidget
 
 from vmsnapgui.qt.size_bar_delegate import SizeBarDelegate
+from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_tree_model import Column, Role, SnapshotTreeModel
 
 # Above this many rows the tree opens only along the current snapshot's branch.
@@ -23,6 +32,13 @@ class SnapshotTreeView(QTreeView):
 
     Remembers which snapshots the user collapsed, per VM, so switching VMs, refreshing
     and clearing the filter bring back the same view.
+
+    Given a :class:`SnapshotFilterProxy`, the view shows it only while it filters; with
+    no filter it reads the snapshot model directly. Through the proxy every painted cell
+    costs a second call into Python (the proxy asks the model for the index it maps to),
+    and each call into Python waits for the GIL while hosts load in the background. The
+    selection model stays the same object across the switch, so whoever listens to it
+    keeps hearing; the selection itself is cleared (the caller selects again).
     """
 
     context_menu_wanted = Signal(object, QPoint)  # key (or None), global position
@@ -35,6 +51,10 @@ class SnapshotTreeView(QTreeView):
         self.setAlternatingRowColors(True)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        # Always there: a scroll bar that comes and goes with the tree's length narrows
+        # the rows after they are drawn, so every VM shown was painted twice (and the
+        # columns shifted under the pointer).
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.setExpandsOnDoubleClick(True)
         self._delegate = SizeBarDelegate(self)
@@ -42,14 +62,49 @@ class SnapshotTreeView(QTreeView):
         self._collapsed: dict[object, set[str]] = {}
         self._vm: object = None
         self._restoring = False
+        self._proxy: SnapshotFilterProxy | None = None
         self.collapsed.connect(self._on_collapsed)
         self.expanded.connect(self._on_expanded)
         self.customContextMenuRequested.connect(self._on_context_menu)
 
     def setModel(self, model: object) -> None:  # type: ignore[override]
-        super().setModel(model)  # type: ignore[arg-type]
-        if model is not None:
-            model.rowsInserted.connect(self._on_rows_inserted)  # type: ignore[attr-defined]
+        if self._proxy is not None:
+            self._proxy.filtering_changed.disconnect(self._on_filtering_changed)
+        self._proxy = model if isinstance(model, SnapshotFilterProxy) else None
+        if self._proxy is not None:
+            self._proxy.filtering_changed.connect(self._on_filtering_changed)
+            self._show_model(self._model_for(self._proxy))
+        else:
+            self._show_model(model if isinstance(model, QAbstractItemModel) else None)
+
+    @staticmethod
+    def _model_for(proxy: SnapshotFilterProxy) -> QAbstractItemModel:
+        source = proxy.sourceModel()
+        return proxy if proxy.words or source is None else source
+
+    @Slot(bool)
+    def _on_filtering_changed(self, filtering: bool) -> None:
+        if self._proxy is not None:
+            self._show_model(self._model_for(self._proxy))
+
+    def _show_model(self, model: QAbstractItemModel | None) -> None:
+        old = self.model()
+        if model is old:
+            return
+        selection = self.selectionModel()
+        if old is not None:
+            old.rowsInserted.disconnect(self._on_rows_inserted)
+        if selection is not None:
+            selection.clearSelection()  # listeners hear of it; the caller selects again
+        super().setModel(model)
+        if model is None:
+            return
+        model.rowsInserted.connect(self._on_rows_inserted)
+        fresh = self.selectionModel()
+        if selection is not None and fresh is not selection:
+            selection.setModel(model)
+            self.setSelectionModel(selection)
+            fresh.deleteLater()
 
     def apply_default_widths(self) -> None:
         """Column widths for a first start (saved widths replace them later)."""

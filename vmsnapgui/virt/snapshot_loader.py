@@ -239,14 +239,25 @@ class SnapshotLoader:
             return self._pool
 
     def _submit(self, fn: Callable[[_T], _R], arg: _T) -> Future[_R]:
+        if self._max_threads == 1:
+            # One thread: run here rather than hand over to a thread that does the same.
+            future: Future[_R] = Future()
+            try:
+                future.set_result(fn(arg))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
         return self._executor().submit(fn, arg)
 
     def map_concurrently(
         self, fn: Callable[[_T], _R], items: Sequence[_T] | Iterable[_T]
     ) -> list[_R]:
-        """``[fn(item) for item in items]`` run on the fetch threads, results in order."""
+        """``[fn(item) for item in items]`` run on the fetch threads, results in order.
+
+        With one fetch thread (in-process drivers) the calls run in the caller's thread.
+        """
         items = list(items)
-        if len(items) <= 1:
+        if len(items) <= 1 or self._max_threads == 1:
             return [fn(item) for item in items]
         return list(self._executor().map(fn, items))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import libvirt
 import pytest
 
+from tests.conftest import open_loader
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
 from vmsnapgui.core.snapshot_xml import snapshot_request_xml
 from vmsnapgui.virt.errors import VirtError
@@ -121,3 +124,11 @@ def test_the_loader_uses_libvirt_objects_not_just_names(loader: SnapshotLoader) 
     dom = loader.lookup("odd")
     assert isinstance(dom, libvirt.virDomain)
     assert loader.load(dom).tree.roots == ("same-time-a", "same-time-b")
+
+
+def test_with_one_fetch_thread_the_calls_run_in_the_callers_thread(lab_uri: str) -> None:
+    # In-process drivers get one: another thread would only hand the work over.
+    for loader in open_loader(lab_uri, max_threads=1):
+        here = threading.get_ident()
+        assert set(loader.map_concurrently(lambda _: threading.get_ident(), range(5))) == {here}
+        assert loader.load("web").fetched == 6
