@@ -199,3 +199,35 @@ def test_a_finished_job_and_what_its_function_holds_are_let_go(
     runner.wait_for_done(5000)
     gc.collect()
     assert [ref for ref in held if ref() is not None] == []
+
+
+def test_a_full_lane_starts_its_waiting_jobs_by_priority_then_in_order(
+    qtbot: QtBot, runner: JobRunner
+) -> None:
+    runner.set_lane_limit("load", 1)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(name: str):
+        def run(progress: ProgressCallback, cancel: CancelToken) -> None:
+            if name == "first":
+                gate.wait(5)
+            order.append(name)
+
+        return run
+
+    first = runner.submit(work("first"), key="first", lane="load")
+    qtbot.waitUntil(lambda: first.started_at is not None, timeout=5000)
+    names = ["a", "b", "urgent", "c", "raised", "d"]
+    jobs = {
+        name: runner.submit(
+            work(name), key=name, lane="load", priority=5 if name == "urgent" else 0
+        )
+        for name in names
+    }
+    jobs["c"].cancel()  # waiting in the lane: it never runs
+    runner.raise_priority(jobs["raised"], 9)
+    gate.set()
+    qtbot.waitUntil(lambda: all(job.is_finished for job in jobs.values()), timeout=5000)
+    assert order == ["first", "raised", "urgent", "a", "b", "d"]
+    assert jobs["c"].state is JobState.CANCELLED

@@ -17,6 +17,7 @@ shown by an operations panel listening to :attr:`JobRunner.job_started`,
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import logging
 import threading
@@ -238,7 +239,13 @@ class JobRunner(QObject):
         self._waiting: dict[int, Job] = {}
         self._lane_limits: dict[str, int] = {}
         self._lane_running: dict[str, int] = {}
-        self._lane_waiting: dict[str, list[Job]] = {}
+        # Per lane, the jobs whose turn has come but whose lane is full: a heap of
+        # (-priority, order parked, job id, job). Raising a parked job's priority pushes
+        # a second entry; entries whose priority no longer matches are skipped. A fleet
+        # parks hundreds of jobs at once: picking the next must not scan them all.
+        self._lane_waiting: dict[str, list[tuple[int, int, int, Job]]] = {}
+        self._parked: dict[int, int] = {}  # job id -> order parked
+        self._park_order = itertools.count()
         self._shut_down = False
         self._reports = JobReports(self._on_report, self)
 
@@ -314,8 +321,11 @@ class JobRunner(QObject):
         if priority <= job.priority or job.is_finished:
             return
         job.priority = priority
-        if job.lane is not None and job in self._lane_waiting.get(job.lane, []):
-            return  # picked by priority when its lane has room
+        order = self._parked.get(job.id)
+        if order is not None and job.lane is not None:
+            # Picked by priority when its lane has room.
+            heapq.heappush(self._lane_waiting[job.lane], (-priority, order, job.id, job))
+            return
         runnable = job.runnable
         if job.state is not JobState.RUNNING or runnable is None:
             return
@@ -374,7 +384,11 @@ class JobRunner(QObject):
                 job.state = JobState.RUNNING  # its key's turn has come; the lane is full
                 self._waiting.pop(job.id, None)
                 self._running[job.id] = job
-                self._lane_waiting.setdefault(lane, []).append(job)
+                order = next(self._park_order)
+                self._parked[job.id] = order
+                heapq.heappush(
+                    self._lane_waiting.setdefault(lane, []), (-job.priority, order, job.id, job)
+                )
                 return
             self._lane_running[lane] = self._lane_running.get(lane, 0) + 1
         self._launch(job)
@@ -396,8 +410,10 @@ class JobRunner(QObject):
         waiting = self._lane_waiting.get(lane, [])
         while waiting and self._lane_running[lane] < self._lane_limits[lane]:
             # Highest priority first; among equals, the first that came.
-            best = max(range(len(waiting)), key=lambda i: (waiting[i].priority, -i))
-            job = waiting.pop(best)
+            negative_priority, order, job_id, job = heapq.heappop(waiting)
+            if self._parked.get(job_id) != order or -negative_priority != job.priority:
+                continue  # launched already, or an entry from before a priority raise
+            del self._parked[job_id]
             if job.cancel_token.cancelled or self._shut_down:
                 self._running.pop(job.id, None)
                 self._finish_cancelled(job)
