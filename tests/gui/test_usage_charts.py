@@ -127,6 +127,8 @@ def test_a_click_on_a_bar_in_the_window_selects_the_snapshot_in_the_tree(
     qtbot.waitUntil(window.is_settled, timeout=LOAD_TIMEOUT_MS)
     select_vm(qtbot, window, "web")
     assert window.charts is not None
+    # The charts redraw a moment after the tree (requests gathered): settled again then.
+    qtbot.waitUntil(window.is_settled, timeout=LOAD_TIMEOUT_MS)
     assert window.charts.keys == window.tree_model.keys()
     window.charts.snapshot_clicked.emit("php-tuned")
     assert window.tree_view.selected_key() == "php-tuned"
