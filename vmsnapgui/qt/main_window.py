@@ -165,6 +165,10 @@ class MainWindow(QMainWindow):
         self._charts_timer.setSingleShot(True)
         self._charts_timer.setInterval(CHARTS_DELAY_MS)
         self._charts_timer.timeout.connect(self._redraw_charts)
+        self._outline_timer = QTimer(self)
+        self._outline_timer.setSingleShot(True)
+        self._outline_timer.setInterval(0)
+        self._outline_timer.timeout.connect(self._outline_selected_bar)
         self._shut_down = False
         self.setWindowTitle("vmsnapgui — VM snapshots")
         self.setWindowIcon(icons.named_icon("app"))
@@ -670,6 +674,11 @@ class MainWindow(QMainWindow):
         )
         charts.set_selected(self.tree_view.selected_key())
 
+    @Slot()
+    def _outline_selected_bar(self) -> None:
+        if self.charts is not None and not self._charts_timer.isActive():
+            self.charts.set_selected(self.tree_view.selected_key())
+
     def _take_pending_snapshot_selection(self) -> str | None:
         pending = self._pending_selection
         if pending is None or self.current is None:
@@ -943,8 +952,10 @@ class MainWindow(QMainWindow):
     @Slot(QItemSelection, QItemSelection)
     def _on_tree_selection(self, selected: QItemSelection, deselected: QItemSelection) -> None:
         self._update_details()
-        if self.charts is not None:
-            self.charts.set_selected(self.tree_view.selected_key())
+        if self.charts is not None and not self._charts_timer.isActive():
+            # Once this turn of the event loop is over: a refresh that clears the
+            # selection and selects again (or selects twice) outlines a bar once.
+            self._outline_timer.start()
         self._update_actions()
         self.selection_changed.emit()
 
@@ -1125,6 +1136,7 @@ class MainWindow(QMainWindow):
             return
         self._shut_down = True
         self._charts_timer.stop()
+        self._outline_timer.stop()
         for host in self.hosts:
             host.close()
         self.runner.shutdown(timeout_ms)

@@ -303,6 +303,17 @@ class UsageCharts(QWidget):
         self.bars_plot.setXRange(-0.6, max(len(self._keys), 1) - 0.4, padding=0)
         self.bars_plot.setYRange(0, top * 1.08 if top > 0 else 1.0, padding=0)
         self._update_growth(tree, usage)
+        self._settle_views()
+
+    def _settle_views(self) -> None:
+        """Apply the new view ranges now, not while painting.
+
+        A view box left to apply them when its scene is about to paint moves its items
+        during that paint, which asks for a second paint of the whole plot straight
+        after: two repaints (tens of milliseconds) for one change.
+        """
+        for plot in (self.bars_plot, self.growth_plot):
+            plot.getViewBox().prepareForPaint()
 
     def set_selected(self, key: str | None) -> None:
         """Outline the bar of ``key`` (None: no outline)."""
