@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from vmsnapgui.virt.errors import VirtError, explain, explain_open_error
-from vmsnapgui.virt.event_loop import ensure_event_loop
+from vmsnapgui.virt.event_loop import ensure_event_loop, quiet_libvirt_errors
 
 _log = logging.getLogger(__name__)
 
@@ -269,8 +269,15 @@ class Connection:
     # -- internals -----------------------------------------------------------------
 
     def _open_once(self) -> libvirt.virConnect:
-        ensure_event_loop()
         uri = self.requested_uri
+        quiet_libvirt_errors()
+        if self._monitor or _needs_event_loop(uri or ""):
+            # A one-shot connection (the vmsnap command) needs no events, keepalive or
+            # close callbacks, and without an event loop every call is cheaper: with one
+            # registered, libvirt's client hands each call's socket back to the loop,
+            # which wakes (in Python) for every reply. Fetching 10,000 snapshot XMLs took
+            # 4.4 s with the loop and 2.4 s without, on the same 2 CPUs.
+            ensure_event_loop()
         try:
             conn = libvirt.openReadOnly(uri) if self.read_only else libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -397,3 +404,8 @@ class Connection:
                 listener(status)
             except Exception:
                 _log.exception("connection listener failed")
+
+
+def _needs_event_loop(uri: str) -> bool:
+    """True for drivers that cannot work without an event loop (the embedded QEMU one)."""
+    return uri.split("?", 1)[0].rstrip("/").endswith("/embed")

@@ -236,14 +236,20 @@ _loop: LibvirtEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
+def quiet_libvirt_errors() -> None:
+    """Stop libvirt printing every error to stderr (idempotent).
+
+    Ours arrive as exceptions and are explained where they are caught.
+    """
+    libvirt.registerErrorHandler(_ignore_error, None)
+
+
 def ensure_event_loop() -> LibvirtEventLoop:
     """Start the event loop once per process; call before opening any connection."""
     global _loop
     with _loop_lock:
         if _loop is None:
-            # libvirt prints every error to stderr unless a handler takes them; ours
-            # arrive as exceptions and are explained where they are caught.
-            libvirt.registerErrorHandler(_ignore_error, None)
+            quiet_libvirt_errors()
             loop = LibvirtEventLoop()
             loop.start()
             _loop = loop

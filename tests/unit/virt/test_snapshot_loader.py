@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import libvirt
 import pytest
@@ -132,3 +133,47 @@ def test_with_one_fetch_thread_the_calls_run_in_the_callers_thread(lab_uri: str)
         here = threading.get_ident()
         assert set(loader.map_concurrently(lambda _: threading.get_ident(), range(5))) == {here}
         assert loader.load("web").fetched == 6
+
+
+@pytest.fixture
+def four_threads(lab_uri: str) -> Iterator[SnapshotLoader]:
+    yield from open_loader(lab_uri, max_threads=4)
+
+
+def test_the_fetch_threads_share_the_work_and_keep_the_order(four_threads: SnapshotLoader) -> None:
+    barrier = threading.Barrier(3, timeout=5)
+    threads: set[int] = set()
+
+    def square(n: int) -> int:
+        if n < 3:
+            barrier.wait()  # returns only when three threads work at once
+        threads.add(threading.get_ident())
+        return n * n
+
+    assert four_threads.map_concurrently(square, range(200)) == [n * n for n in range(200)]
+    assert len(threads) >= 3
+
+
+def test_a_failing_item_stops_the_rest_and_its_error_is_raised(
+    four_threads: SnapshotLoader,
+) -> None:
+    done: list[int] = []
+
+    def fetch(n: int) -> int:
+        if n == 5:
+            raise VirtError("snapshot 5 vanished")
+        done.append(n)
+        return n
+
+    with pytest.raises(VirtError, match="snapshot 5 vanished"):
+        four_threads.map_concurrently(fetch, range(10_000))
+    assert len(done) < 10_000
+
+
+def test_a_busy_pool_never_leaves_the_caller_waiting(four_threads: SnapshotLoader) -> None:
+    release = threading.Event()
+    # Every pool thread is taken by work that waits for this call to have finished.
+    blockers = [four_threads._executor().submit(release.wait, 10) for _ in range(4)]
+    assert four_threads.map_concurrently(lambda n: n + 1, range(50)) == list(range(1, 51))
+    release.set()
+    assert all(blocker.result(5) for blocker in blockers)
