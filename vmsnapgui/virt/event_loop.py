@@ -40,6 +40,11 @@ _LIBVIRT_FROM_POLL = {
 }
 
 
+# How long a socket that keeps being reported ready without being read is left out of
+# polls (see LibvirtEventLoop._iterate).
+SPIN_REST_S = 0.001
+
+
 @dataclass
 class _Handle:
     fd: int
@@ -66,6 +71,10 @@ class LibvirtEventLoop:
         self._timers: dict[int, _Timer] = {}
         self._to_free: list[Any] = []
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # fds reported ready in the last round, and fds left out of polls for a moment
+        # (fd -> until when): see _iterate.
+        self._ready_before: set[int] = set()
+        self._resting: dict[int, float] = {}
         self._thread = threading.Thread(target=self._run, name="libvirt-events", daemon=True)
         self.iterations = 0
 
@@ -98,8 +107,14 @@ class LibvirtEventLoop:
     def _update_handle(self, watch: int, events: int) -> None:
         with self._lock:
             handle = self._handles.get(watch)
-            if handle is not None:
-                handle.events = events
+            if handle is None:
+                return
+            added = events & ~handle.events
+            handle.events = events
+            if not added:
+                # Interest only withdrawn: a poll already waiting may still report the
+                # fd once, and its callback is then skipped (see _iterate).
+                return
         self._wake()
 
     def _remove_handle(self, watch: int) -> int:
@@ -123,9 +138,16 @@ class LibvirtEventLoop:
     def _update_timer(self, timer_id: int, interval_ms: int) -> None:
         with self._lock:
             timer = self._timers.get(timer_id)
-            if timer is not None:
-                timer.interval_ms = interval_ms
-                timer.due = time.monotonic() + max(interval_ms, 0) / 1000
+            if timer is None:
+                return
+            was_enabled, was_due = timer.interval_ms >= 0, timer.due
+            timer.interval_ms = interval_ms
+            timer.due = time.monotonic() + max(interval_ms, 0) / 1000
+            if interval_ms < 0 or (was_enabled and timer.due >= was_due):
+                # Disabled, or due later than the loop already plans to look: when it
+                # looks it finds the new time. (Keepalive pushes its timer back on
+                # every message received: thousands of wake-ups otherwise.)
+                return
         self._wake()
 
     def _remove_timer(self, timer_id: int) -> int:
@@ -170,6 +192,13 @@ class LibvirtEventLoop:
                     continue
                 wait = max(0.0, (timer.due - now) * 1000)
                 timeout_ms = wait if timeout_ms < 0 else min(timeout_ms, wait)
+        for fd, until in list(self._resting.items()):
+            if until <= now:
+                del self._resting[fd]
+                continue
+            interest.pop(fd, None)
+            wait = (until - now) * 1000
+            timeout_ms = wait if timeout_ms < 0 else min(timeout_ms, wait)
         for fd, mask in interest.items():
             if fd != self._wake_read:
                 poller.register(fd, mask)
@@ -191,6 +220,18 @@ class LibvirtEventLoop:
                 if revents & poll_flag:
                     events |= flag
             fired.append((fd, revents, events))
+
+        # A connection's socket stays readable while another thread that is inside a
+        # libvirt call reads its own reply from it (libvirt's client re-enables our
+        # watch while handing that job between its threads, and the callback leaves
+        # the data for that thread). Polling again at once would spin here, in Python,
+        # thousands of times a second, taking the GIL from every other thread. A socket
+        # ready twice in a row rests for a moment: events reach us at most that late.
+        ready_now = {fd for fd, _revents, _events in fired}
+        rest_until = time.monotonic() + SPIN_REST_S
+        for fd in ready_now & self._ready_before:
+            self._resting[fd] = rest_until
+        self._ready_before = ready_now
 
         for fd, _revents, events in fired:
             with self._lock:
