@@ -769,9 +769,7 @@ class MainWindow(QMainWindow):
     def show_operations(self) -> None:
         """Bring the operations panel into view (an operation was just started)."""
         if not self.operations_dock.isVisible():
-            self.operations_dock.show()
-            # A strip, not half the window: the tree and details stay the main thing.
-            self.resizeDocks([self.operations_dock], [170], Qt.Orientation.Vertical)
+            self.operations_dock.show()  # as high as the panel's size hint
         self.operations_dock.raise_()
 
     def _refresh_status(self) -> None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtCore import QSize, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -49,10 +49,21 @@ def _elapsed(job: Job) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+PANEL_HEIGHT = 150
+
+
 class OperationsPanel(QWidget):
     """A list of operations bound to a :class:`JobRunner`; call :meth:`track` per job."""
 
     finished = Signal(object)  # Job
+
+    def sizeHint(self) -> QSize:
+        """A strip, not half the window: the tree and details stay the main thing.
+
+        The dock takes this height when it first appears, in one layout pass (resizing
+        the dock after showing it laid the whole window out twice).
+        """
+        return QSize(super().sizeHint().width(), PANEL_HEIGHT)
 
     def __init__(self, runner: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
