@@ -64,6 +64,7 @@ import libvirt  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_qcow2 import OUT, Case, build_image, machine, scattered_rounds, sequential_rounds  # noqa: E402
 from latency_proxy import DEFAULT_LIBVIRT_SOCKET, spawn_proxy_process  # noqa: E402
+from results_file import replace_section  # noqa: E402
 
 from vmsnapgui.core.byte_source import FileByteSource  # noqa: E402
 from vmsnapgui.core.domain_xml import DiskSpec, tiny_domain_xml  # noqa: E402
@@ -395,24 +396,6 @@ def _libvirt_version() -> tuple[int, int, int]:
     return number // 1_000_000, number // 1_000 % 1_000, number % 1_000
 
 
-def record(block: str) -> None:
-    """Append this benchmark's section to RESULTS.md, or replace it in place if present.
-
-    Other sections are other benchmarks' (and may be edited by others meanwhile), so the
-    file is read and written back at once, touching only this section's lines.
-    """
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == RESULTS_HEADING), None)
-    if start is None:
-        with RESULTS_FILE.open("a") as out:
-            out.write(("\n" if text.endswith("\n") else "\n\n") + block.rstrip("\n") + "\n")
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    new = [*lines[:start], *block.rstrip("\n").splitlines(), *([""] if end < len(lines) else [])]
-    RESULTS_FILE.write_text("\n".join([*new, *lines[end:]]).rstrip("\n") + "\n")
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -463,7 +446,7 @@ def main() -> int:
     block, passed = report(results, args.runs, args.delay_ms)
     print(block)
     if args.record:
-        record(block)
+        replace_section(RESULTS_HEADING, block)
         print(f"recorded in {RESULTS_FILE}")
     return 0 if passed else 1
 

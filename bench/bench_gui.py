@@ -37,9 +37,10 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from results_file import replace_section
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
-RESULTS = REPO / "bench" / "RESULTS.md"
 SECTION = "## GUI (issue 5)"
 BASE_TIME = 1_704_067_200
 TARGET_PAINT_S = 1.0
@@ -525,20 +526,8 @@ def main() -> int:
     report = "\n".join(header + lines) + "\n"
     print(report)
     if args.record:
-        record(report)
+        replace_section(SECTION, report)
     return 1 if failed else 0
-
-
-def record(report: str) -> None:
-    """Replace (or add) the GUI section of RESULTS.md, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + report + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + report
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

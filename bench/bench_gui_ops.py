@@ -27,10 +27,12 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import libvirt
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
+from results_file import replace_section
 
 from vmsnapgui.core.domain_xml import DiskSpec, domain_disks, tiny_domain_xml
 from vmsnapgui.qt.app_settings import AppSettings, settings_at
@@ -46,7 +48,7 @@ from vmsnapgui.virt.event_loop import ensure_event_loop
 
 URI = "qemu:///system"
 TARGET_MS = 50.0
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## GUI responsiveness during operations (issue 6)"
 
 
 class Heartbeat:
@@ -207,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()
     lines = [
-        "",
-        "## GUI responsiveness during operations (issue 6)",
+        SECTION,
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
@@ -231,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.record:
-        with RESULTS.open("a") as out:
-            out.write(text)
+        replace_section(SECTION, text)
     return 0 if passed else 1
 
 

@@ -45,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from results_file import replace_section  # noqa: E402
+
 from vmsnapgui.core.byte_source import FileByteSource  # noqa: E402
 from vmsnapgui.core.qcow2 import analyse  # noqa: E402
 
@@ -176,21 +178,6 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs (nproc), {memory:.1f} GiB RAM, {cpu}"
 
 
-def record(block: str) -> None:
-    """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == RESULTS_HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + block
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *block.rstrip("\n").splitlines(), "", *lines[end:]])
-    RESULTS_FILE.write_text(new.rstrip("\n") + "\n")
-
-
 def milliseconds(times: list[float]) -> str:
     return (
         f"{statistics.median(times) * 1e3:.1f} ms | {min(times) * 1e3:.1f} ms "
@@ -254,7 +241,7 @@ def main() -> int:
     block = "\n".join(lines)
     print(block)
     if args.record:
-        record(block)
+        replace_section(RESULTS_HEADING, block)
         print(f"recorded in {RESULTS_FILE}")
     return 0 if passed else 1
 

@@ -54,9 +54,9 @@ sys.path.insert(0, str(HERE))
 
 import latency_proxy  # noqa: E402
 import make_snapshot_tree  # noqa: E402
+from results_file import RESULTS_FILE, append_to_section  # noqa: E402
 
 LOCAL_URI = "qemu:///system"
-RESULTS_FILE = HERE / "RESULTS.md"
 RESULTS_HEADING = "## Tree loading (issue 2)"
 RUN_TIMEOUT_S = 900.0
 
@@ -429,25 +429,6 @@ def markdown_block(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def record(block: str, path: Path = RESULTS_FILE) -> None:
-    """Append ``block`` at the end of the "Tree loading" section of ``path``."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    try:
-        start = next(i for i, ln in enumerate(lines) if ln.strip() == RESULTS_HEADING)
-    except StopIteration:
-        new = text.rstrip("\n") + f"\n\n{RESULTS_HEADING}\n\n{block}"
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        before = "\n".join(lines[:end]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = f"{before}\n\n{block}" + (f"\n{after}\n" if after else "")
-    path.write_text(new, encoding="utf-8")
-    print(f"\nrecorded in {path}")
-
-
 # ----------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
@@ -601,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     print('\nMarkdown for bench/RESULTS.md (section "Tree loading (issue 2)"):\n')
     print(block)
     if args.record:
-        record(block)
+        append_to_section(RESULTS_HEADING, block)
+        print(f"\nrecorded in {RESULTS_FILE}")
     failed = any(c.verdict() == "FAIL" for c in cases) or any(
         t is not None and t.error for c in cases for t in (c.vmsnap, c.virsh)
     )
