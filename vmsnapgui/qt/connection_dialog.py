@@ -152,8 +152,8 @@ class AddConnectionDialog(QDialog):
         test = preset is Preset.TEST_FILE
         for widget in (self.user, self.host, self.user_label, self.host_label):
             widget.setVisible(ssh)
-        for widget in (self.file_container, self.file_label):
-            widget.setVisible(test)
+        for file_widget in (self.file_container, self.file_label):
+            file_widget.setVisible(test)
         self.uri_edit.setReadOnly(preset is not Preset.CUSTOM)
         self._on_fields_edited()
         if ssh:

@@ -16,6 +16,7 @@ import sys
 import threading
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import (
     QByteArray,
@@ -73,6 +74,9 @@ from vmsnapgui.qt.snapshot_tree_view import SnapshotTreeView
 from vmsnapgui.qt.status_bar import AppStatusBar
 from vmsnapgui.virt.connection import ConnectionState
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
+
+if TYPE_CHECKING:  # pyqtgraph is imported on a thread after the window shows
+    from vmsnapgui.qt.usage_charts import UsageCharts
 
 _log = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ class MainWindow(QMainWindow):
         self.watch_interval = watch_interval
         self.hosts: list[HostConnection] = []
         self.current: tuple[HostConnection, str] | None = None
-        self.charts = None  # UsageCharts once pyqtgraph is imported
+        self.charts: UsageCharts | None = None  # once pyqtgraph is imported
         self.charts_error: str | None = None
         self._charts_wanted = charts
         self._charts_importer: _ChartsImporter | None = None
@@ -237,6 +241,7 @@ class MainWindow(QMainWindow):
         self.charts_container = QWidget()
         self.charts_container.setAccessibleName("Space charts")
         charts_layout = QVBoxLayout(self.charts_container)
+        self._charts_layout = charts_layout
         charts_layout.setContentsMargins(0, 0, 0, 0)
         self.charts_placeholder = QLabel("Loading charts…")
         self.charts_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -822,7 +827,7 @@ class MainWindow(QMainWindow):
 
         charts = UsageCharts()
         charts.snapshot_clicked.connect(self._on_chart_clicked)
-        self.charts_container.layout().replaceWidget(self.charts_placeholder, charts)
+        self._charts_layout.replaceWidget(self.charts_placeholder, charts)
         self.charts_placeholder.hide()
         self.charts = charts
         self._update_charts()

@@ -179,11 +179,11 @@ class SnapshotOperations(QObject):
             if id(target.host) not in self._capabilities:
                 self._fetch_capabilities(target.host)
         for name, action in actions.items():
-            reason = reasons.get(name)
-            action.setEnabled(reason is None)
+            why = reasons.get(name)
+            action.setEnabled(why is None)
             base = action.text().replace("&", "").rstrip("…")
-            action.setToolTip(reason if reason else base)
-            action.setStatusTip(reason or "")
+            action.setToolTip(why if why else base)
+            action.setStatusTip(why or "")
         clone = actions["clone"]
         clone.setText(
             "C&lone current state…" if target is not None and target.snapshot is None else "C&lone…"

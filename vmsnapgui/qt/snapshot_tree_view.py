@@ -67,7 +67,7 @@ class SnapshotTreeView(QTreeView):
         self.expanded.connect(self._on_expanded)
         self.customContextMenuRequested.connect(self._on_context_menu)
 
-    def setModel(self, model: object) -> None:  # type: ignore[override]
+    def setModel(self, model: object) -> None:
         if self._proxy is not None:
             self._proxy.filtering_changed.disconnect(self._on_filtering_changed)
         self._proxy = model if isinstance(model, SnapshotFilterProxy) else None

@@ -35,13 +35,14 @@ GROWTH_COLOUR = QColor(70, 160, 90)
 _BINARY_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class BytesAxis(pg.AxisItem):
+class BytesAxis(pg.AxisItem):  # type: ignore[misc]  # pyqtgraph has no type hints
     """An axis whose ticks fall on binary units and read as bytes (512 MiB, 1.00 GiB)."""
 
     def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:
         span = maxVal - minVal
         if not math.isfinite(span) or span <= 0:
-            return super().tickSpacing(minVal, maxVal, size)
+            spacing: list[tuple[float, float]] = super().tickSpacing(minVal, maxVal, size)
+            return spacing
         if span < 4:
             return [(1.0, 0.0)]  # no fractions of a byte
         wanted = max(2, int(size / 45))
