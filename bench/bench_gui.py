@@ -302,19 +302,29 @@ def child_fleet(paths: list[Path]) -> dict[str, float]:
 # -- cold start -------------------------------------------------------------------------------
 
 
-def time_window(argv: list[str], title: str, env: dict[str, str]) -> float | None:
-    """Seconds from launch until a window called ``title`` is mapped, or None."""
+def time_window(argv: list[str], title: str, env: dict[str, str], *, fine: bool) -> float | None:
+    """Seconds from launch until a window called ``title`` is mapped, or None.
+
+    ``fine=False`` is the method the issue prescribes, ``xdotool search --sync``, which
+    looks twice a second (a window mapped at 0.27 s and one at 0.50 s both read about
+    0.52 s). ``fine=True`` asks ``xdotool search`` every 10 ms instead.
+    """
+    search = ["xdotool", "search", "--onlyvisible", "--name", title]
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        found = subprocess.run(
-            ["xdotool", "search", "--sync", "--onlyvisible", "--name", title],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        elapsed = time.perf_counter() - start
-        return elapsed if found.returncode == 0 else None
+        if not fine:
+            found = subprocess.run(
+                [*search[:2], "--sync", *search[2:]], env=env, capture_output=True, timeout=60
+            )
+            return time.perf_counter() - start if found.returncode == 0 else None
+        deadline = start + 60
+        while time.perf_counter() < deadline:
+            looked = subprocess.run(search, env=env, capture_output=True, timeout=10)
+            if looked.returncode == 0 and looked.stdout.strip():
+                return time.perf_counter() - start
+            time.sleep(0.01)
+        return None
     except subprocess.TimeoutExpired:
         return None
     finally:
@@ -329,6 +339,14 @@ def time_window(argv: list[str], title: str, env: dict[str, str]) -> float | Non
 def cold_start(runs: int, lab: Path) -> dict[str, object]:
     if not shutil.which("Xvfb") or not shutil.which("xdotool"):
         return {"error": "Xvfb or xdotool is not installed (apt install xvfb xdotool)"}
+    # Like virt-manager's Debian package, start from compiled bytecode (an editable
+    # install writes none where PYTHONDONTWRITEBYTECODE is set, so every start would
+    # compile the app's modules first).
+    subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "vmsnapgui")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     display = ":97"
     xvfb = subprocess.Popen(
         ["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
@@ -345,22 +363,29 @@ def cold_start(runs: int, lab: Path) -> dict[str, object]:
     env.update(DISPLAY=display, XDG_CONFIG_HOME=config, NO_AT_BRIDGE="1")
     ours = [str(REPO / ".venv" / "bin" / "vmsnapgui"), "--connect", f"test://{lab}"]
     theirs = ["virt-manager", "--no-fork", "--connect", f"test://{lab}"]
-    results: dict[str, list[float]] = {"vmsnapgui": [], "virt-manager": []}
+    results: dict[str, list[float]] = {
+        "vmsnapgui": [],
+        "virt-manager": [],
+        "vmsnapgui fine": [],
+        "virt-manager fine": [],
+    }
     notes: list[str] = []
     have_virt_manager = shutil.which("virt-manager") is not None
     if not have_virt_manager:
         notes.append("virt-manager is not installed (apt install virt-manager)")
     try:
         for _ in range(runs):
-            value = time_window(ours, APP_TITLE, env)
-            if value is not None:
-                results["vmsnapgui"].append(value)
-            if have_virt_manager:
-                value = time_window(theirs, VIRT_MANAGER_TITLE, env)
-                if value is None:
-                    notes.append("virt-manager showed no window within 60 s")
-                else:
-                    results["virt-manager"].append(value)
+            for fine in (False, True):
+                suffix = " fine" if fine else ""
+                value = time_window(ours, APP_TITLE, env, fine=fine)
+                if value is not None:
+                    results["vmsnapgui" + suffix].append(value)
+                if have_virt_manager:
+                    value = time_window(theirs, VIRT_MANAGER_TITLE, env, fine=fine)
+                    if value is None:
+                        notes.append("virt-manager showed no window within 60 s")
+                    else:
+                        results["virt-manager" + suffix].append(value)
     finally:
         xvfb.terminate()
         xvfb.wait()
@@ -505,10 +530,23 @@ def main() -> int:
                 f"virt-manager median **{median(theirs):.2f} s** "
                 f"(min {min(theirs, default=float('nan')):.2f})"
             )
+            ours_fine = runs_by_tool["vmsnapgui fine"]
+            theirs_fine = runs_by_tool["virt-manager fine"]
+            lines.append(
+                f"- the same looked for every 10 ms (`xdotool search` in a loop; `--sync` looks "
+                f"only twice a second): vmsnapgui median **{median(ours_fine):.3f} s** "
+                f"(min {min(ours_fine, default=float('nan')):.3f}); virt-manager median "
+                f"**{median(theirs_fine):.3f} s** "
+                f"(min {min(theirs_fine, default=float('nan')):.3f})"
+            )
             if ours and theirs:
-                ok = median(ours) <= median(theirs)
+                ok = median(ours) <= median(theirs) and (
+                    not (ours_fine and theirs_fine) or median(ours_fine) <= median(theirs_fine)
+                )
                 failed |= not ok
-                lines.append(f"- start: {'PASS' if ok else 'FAIL'} (no slower than virt-manager)")
+                lines.append(
+                    f"- start: {'PASS' if ok else 'FAIL'} (no slower than virt-manager, both ways)"
+                )
             for note in result["notes"]:  # type: ignore[union-attr]
                 lines.append(f"- note: {note}")
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QIcon, QIconEngine, QImage, QPainter, QPixmap
-from PySide6.QtSvg import QSvgRenderer
 from PySide6.QtWidgets import QApplication, QStyle
 
 from vmsnapgui.core.snapshot import DomainState, Snapshot
 from vmsnapgui.virt.connection import ConnectionState
+
+if TYPE_CHECKING:
+    from PySide6.QtSvg import QSvgRenderer
 
 ICON_DIR = Path(__file__).resolve().parents[2] / "resources" / "icons"
 
@@ -31,9 +34,16 @@ BOTTOM_LEFT = (0.0, 0.5, 0.5, 0.5)
 Layer = tuple[str, tuple[float, float, float, float]]
 
 
+def _drawing(name: str) -> Path:
+    return ICON_DIR / f"{name}.svg"
+
+
 @cache
 def _renderer(name: str) -> QSvgRenderer | None:
-    path = ICON_DIR / f"{name}.svg"
+    # Imported on the first paint of an icon, not at start: the window shows sooner.
+    from PySide6.QtSvg import QSvgRenderer
+
+    path = _drawing(name)
     if not path.is_file():
         return None
     renderer = QSvgRenderer(str(path))
@@ -114,7 +124,7 @@ def layered_icon(
     layers: tuple[Layer, ...], fallback: QStyle.StandardPixmap = QStyle.StandardPixmap.SP_FileIcon
 ) -> QIcon:
     """An icon painted from drawings in ``resources/icons`` (cached per combination)."""
-    if _renderer(layers[0][0]) is None:
+    if not _drawing(layers[0][0]).is_file():
         return _fallback(fallback)
     return QIcon(LayeredSvgIconEngine(layers))
 
