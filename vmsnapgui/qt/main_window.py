@@ -293,7 +293,7 @@ class MainWindow(QMainWindow):
         self.main_splitter.setStretchFactor(0, 0)
         self.main_splitter.setStretchFactor(1, 1)
         self.main_splitter.setStretchFactor(2, 0)
-        self.main_splitter.setSizes([300, 760, 380])
+        self.main_splitter.setSizes([340, 720, 380])
         self.setCentralWidget(self.main_splitter)
 
         self.status = AppStatusBar()
@@ -776,6 +776,11 @@ class MainWindow(QMainWindow):
         if not self.operations_dock.isVisible():
             self.operations_dock.show()  # as high as the panel's size hint
         self.operations_dock.raise_()
+
+    def refresh_status_now(self) -> None:
+        """Bring the status bar up to date at once (it is otherwise refreshed lazily)."""
+        self._status_timer.stop()
+        self._on_status_timer()
 
     def _refresh_status(self) -> None:
         if not self._status_timer.isActive():

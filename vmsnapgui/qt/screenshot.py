@@ -102,6 +102,7 @@ class ScreenshotTaker(QObject):
         for note in self._warnings():
             print(f"vmsnapgui: note: {note}", file=sys.stderr)
         if capture:
+            self.window.refresh_status_now()
             QApplication.processEvents()
             image = self.window.grab()
             if not image.save(str(self.path), "PNG"):

@@ -32,6 +32,7 @@ DISK_COLOUR = QColor(70, 130, 200)
 MEMORY_COLOUR = QColor(235, 150, 50)
 NOW_COLOUR = QColor(224, 83, 61)
 GROWTH_COLOUR = QColor(70, 160, 90)
+MIN_TIME_SPAN_S = 600.0
 _BINARY_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -138,6 +139,9 @@ class UsageCharts(QWidget):
         self.bars_plot.setMenuEnabled(False)
         self.bars_plot.hideButtons()
         self.bars_plot.setMouseEnabled(x=True, y=False)
+        # The first bar's label is centred under it and reaches into the margin of the
+        # bytes axis: allow that much, or it is hidden.
+        self.bars_plot.getAxis("bottom").setStyle(hideOverlappingLabels=LABEL_PIXELS // 2)
         self.disk_bars = pg.BarGraphItem(x=[], height=[], width=BAR_WIDTH, brush=DISK_COLOUR)
         self.memory_bars = pg.BarGraphItem(
             x=[], height=[], y0=[], width=BAR_WIDTH, brush=MEMORY_COLOUR
@@ -366,6 +370,12 @@ class UsageCharts(QWidget):
             times.append(time.time())
             totals.append(totals[-1])
         self.growth_curve.setData(times, totals)
+        if times:
+            # At least ten minutes across: snapshots made within seconds of each other
+            # (a script, the demo lab) otherwise get an axis of fractional seconds.
+            first, last = times[0], times[-1]
+            pad = max(0.0, MIN_TIME_SPAN_S - (last - first)) / 2
+            self.growth_plot.setXRange(first - pad, last + pad, padding=0.05)
         pool = usage.pool if usage is not None else None
         total = totals[-1] if totals else 0.0
         if pool is None:
