@@ -29,7 +29,14 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QGuiApplication,
+    QKeySequence,
+    QPixmap,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
@@ -169,6 +176,10 @@ class MainWindow(QMainWindow):
         self._charts_timer.setSingleShot(True)
         self._charts_timer.setInterval(CHARTS_DELAY_MS)
         self._charts_timer.timeout.connect(self._redraw_charts)
+        self._details_timer = QTimer(self)
+        self._details_timer.setSingleShot(True)
+        self._details_timer.setInterval(0)
+        self._details_timer.timeout.connect(self._on_details_timer)
         self._outline_timer = QTimer(self)
         self._outline_timer.setSingleShot(True)
         self._outline_timer.setInterval(0)
@@ -276,6 +287,7 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(self.welcome_page)
         self.pages.addWidget(self.host_page)
         self.pages.addWidget(tree_page)
+        self.tree_page = tree_page
 
         centre = QWidget()
         centre_layout = QVBoxLayout(centre)
@@ -618,7 +630,14 @@ class MainWindow(QMainWindow):
         if self.proxy.words:
             self.tree_view.expand_all_quietly()
         self._update_charts()
-        self._update_details()
+        if reset:
+            # A VM shown for the first time: the tree is drawn first, its details (a
+            # form of new widgets, laid out and drawn for the first time) in the next
+            # turn of the event loop, so neither waits for the other.
+            self._details_timer.start()
+            self._update_settled()
+        else:
+            self._update_details()
 
     def _apply_usage(self, host: HostConnection, uuid: str) -> None:
         error = host.usage_errors.get(uuid)
@@ -627,7 +646,15 @@ class MainWindow(QMainWindow):
         else:
             self.tree_model.set_usage(host.usages.get(uuid))
 
+    @Slot()
+    def _on_details_timer(self) -> None:
+        try:
+            self._update_details()
+        finally:
+            self._update_settled()
+
     def _update_details(self) -> None:
+        self._details_timer.stop()  # whoever asked for it later is served now
         if self.current is None:
             return
         host = self.current[0]
@@ -802,6 +829,7 @@ class MainWindow(QMainWindow):
                 not self._charts_wanted or self.charts is not None or self.charts_error is not None
             )
             and not self._charts_timer.isActive()
+            and not self._details_timer.isActive()
         )
         if settled != self._settled:
             self._settled = settled
@@ -837,6 +865,21 @@ class MainWindow(QMainWindow):
         self.charts = charts
         self._update_charts()
         self._update_settled()
+        QTimer.singleShot(0, self._warm_up_tree_page)
+
+    @Slot()
+    def _warm_up_tree_page(self) -> None:
+        """Draw the (hidden) tree page once, off screen, while nothing else happens.
+
+        Its first appearance polished, laid out and drew for the first time a few dozen
+        widgets and glyphs: some 50 ms, landing just as the first VM's tree arrives, when
+        hosts are loading and the GUI thread is busiest.
+        """
+        if self._shut_down or self.pages.currentIndex() == PAGE_TREE:
+            return
+        page = self.tree_page
+        page.resize(self.pages.size())
+        page.render(QPixmap(page.size()))
 
     # -- slots: hosts -------------------------------------------------------------------
 
@@ -1145,6 +1188,7 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self._charts_timer.stop()
         self._outline_timer.stop()
+        self._details_timer.stop()
         for host in self.hosts:
             host.close()
         self.runner.shutdown(timeout_ms)
