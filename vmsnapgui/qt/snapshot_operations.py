@@ -526,6 +526,10 @@ class SnapshotOperations(QObject):
         dialog.accepted.connect(on_accept)
         dialog.finished.connect(partial(self._on_dialog_finished, dialog))
         dialog.open()
+        # The panel where the operation will run comes into view now, behind the
+        # dialog: its first appearance lays the whole window out again (~40 ms), which
+        # would otherwise happen just as the operation starts.
+        self.window.show_operations()
 
     def _on_dialog_finished(self, dialog: QDialog, _result: int) -> None:
         if self.dialog is dialog:
