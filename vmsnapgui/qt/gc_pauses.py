@@ -14,6 +14,13 @@ collections walk only what was made since. The young generations are collected f
 so fresh garbage is not frozen with the data. The price: a cycle of frozen objects that
 becomes garbage later is never collected. Nothing the loading path keeps forms such
 cycles; the rest (windows, connections) lives until the app quits anyway.
+
+Once the app has started (:func:`start_up_done`) what it imported is frozen too, and the
+collector no longer starts full collections by itself: one of 20-30 ms, walking what
+the first hosts had just loaded, landed as the first VM was drawn. Young collections go
+on as usual (they catch almost every cycle); full ones run when the window says it is
+a quiet moment (:func:`collect_while_quiet`), so a cycle that survived into the old
+generation waits at most until then.
 """
 
 from __future__ import annotations
@@ -37,3 +44,27 @@ def loaded_data_arrived() -> None:
     _last_freeze = now
     gc.collect(1)
     gc.freeze()
+
+
+# The old generation's threshold once full collections are ours to start: never reached.
+NO_AUTOMATIC_FULL_COLLECTIONS = 1_000_000_000
+
+
+def start_up_done() -> None:
+    """The app has started (modules, the window, the charts): freeze all of it.
+
+    Tens of thousands of objects (modules, classes, functions, the window's widgets)
+    that live until the app quits. From now on full collections happen only in
+    :func:`collect_while_quiet`.
+    """
+    global _last_freeze
+    _last_freeze = time.monotonic()
+    gc.collect()
+    gc.freeze()
+    young, middle, _old = gc.get_threshold()
+    gc.set_threshold(young, middle, NO_AUTOMATIC_FULL_COLLECTIONS)
+
+
+def collect_while_quiet() -> None:
+    """A full collection, now (call when nothing loads: it takes a few milliseconds)."""
+    gc.collect()

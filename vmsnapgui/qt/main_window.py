@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +57,7 @@ from PySide6.QtWidgets import (
 
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.errors import UserError
-from vmsnapgui.qt import icons
+from vmsnapgui.qt import gc_pauses, icons
 from vmsnapgui.qt.app_settings import AppSettings
 from vmsnapgui.qt.centre_pages import HostPage, WelcomePage
 from vmsnapgui.qt.connection_dialog import AddConnectionDialog
@@ -103,6 +104,10 @@ GIL_SWITCH_INTERVAL = 0.0005
 # each while background threads hold the GIL half the time) back to back with the
 # work that asked. Gathered, the charts draw once, in an event-loop turn of their own.
 CHARTS_DELAY_MS = 120
+# Full garbage collections (see gc_pauses): when everything has loaded, at most once a
+# minute; while loading goes on and on, at least every five minutes anyway.
+GC_SHORTEST_WAIT_S = 60
+GC_LONGEST_WAIT_S = 300
 
 PAGE_WELCOME, PAGE_HOST, PAGE_TREE = range(3)
 
@@ -176,6 +181,11 @@ class MainWindow(QMainWindow):
         self._charts_timer.setSingleShot(True)
         self._charts_timer.setInterval(CHARTS_DELAY_MS)
         self._charts_timer.timeout.connect(self._redraw_charts)
+        self._warmed_up = False
+        self._last_collection = time.monotonic()
+        self._gc_timer = QTimer(self)
+        self._gc_timer.setInterval(GC_SHORTEST_WAIT_S * 1000)
+        self._gc_timer.timeout.connect(self._collect_garbage)
         self._details_timer = QTimer(self)
         self._details_timer.setSingleShot(True)
         self._details_timer.setInterval(0)
@@ -834,6 +844,19 @@ class MainWindow(QMainWindow):
         if settled != self._settled:
             self._settled = settled
             self.settled_changed.emit(settled)
+            if settled and self._warmed_up:
+                # Everything has loaded: a quiet moment for the full collection the
+                # garbage collector no longer starts by itself (see gc_pauses).
+                QTimer.singleShot(0, self._collect_garbage)
+
+    @Slot()
+    def _collect_garbage(self) -> None:
+        now = time.monotonic()
+        quiet = self._settled or now - self._last_collection > GC_LONGEST_WAIT_S
+        if self._shut_down or not quiet or now - self._last_collection < GC_SHORTEST_WAIT_S:
+            return
+        self._last_collection = now
+        gc_pauses.collect_while_quiet()
 
     # -- charts -------------------------------------------------------------------------
 
@@ -842,6 +865,8 @@ class MainWindow(QMainWindow):
         if self._charts_wanted and self.charts is None and self._charts_importer is None:
             # After the first paint: the window shows at once, charts follow.
             QTimer.singleShot(0, self._import_charts)
+        elif not self._charts_wanted and not self._warmed_up:
+            QTimer.singleShot(0, self._warm_up_tree_page)
 
     @Slot()
     def _import_charts(self) -> None:
@@ -855,6 +880,7 @@ class MainWindow(QMainWindow):
             self.charts_error = error
             self.charts_placeholder.setText(error)
             self._update_settled()
+            QTimer.singleShot(0, self._warm_up_tree_page)
             return
         from vmsnapgui.qt.usage_charts import UsageCharts
 
@@ -875,11 +901,15 @@ class MainWindow(QMainWindow):
         widgets and glyphs: some 50 ms, landing just as the first VM's tree arrives, when
         hosts are loading and the GUI thread is busiest.
         """
-        if self._shut_down or self.pages.currentIndex() == PAGE_TREE:
+        if self._shut_down or self._warmed_up:
             return
-        page = self.tree_page
-        page.resize(self.pages.size())
-        page.render(QPixmap(page.size()))
+        self._warmed_up = True
+        if self.pages.currentIndex() != PAGE_TREE:
+            page = self.tree_page
+            page.resize(self.pages.size())
+            page.render(QPixmap(page.size()))
+        gc_pauses.start_up_done()
+        self._gc_timer.start()
 
     # -- slots: hosts -------------------------------------------------------------------
 
@@ -1189,6 +1219,7 @@ class MainWindow(QMainWindow):
         self._charts_timer.stop()
         self._outline_timer.stop()
         self._details_timer.stop()
+        self._gc_timer.stop()
         for host in self.hosts:
             host.close()
         self.runner.shutdown(timeout_ms)
