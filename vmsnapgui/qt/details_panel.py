@@ -416,7 +416,8 @@ class DetailsPanel(QScrollArea):
             self._property_rows.append((name_label, value_label))
         for index, (name_label, value_label) in enumerate(self._property_rows):
             shown = index < len(rows)
-            self.properties.setRowVisible(index, shown)
+            if self.properties.isRowVisible(index) != shown:
+                self.properties.setRowVisible(index, shown)
             if not shown:
                 continue
             name, value, tooltip = rows[index]

@@ -197,40 +197,40 @@ class OperationsPanel(QWidget):
 
     def _refresh(self, job: Job) -> None:
         row = self._rows[job.id]
-        row.item.setText(ELAPSED, _elapsed(job))
+        _set_text(row.item, ELAPSED, _elapsed(job))
         progress = job.progress
         if job.state is JobState.RUNNING and progress is not None:
-            row.item.setText(PHASE, progress.phase)
+            _set_text(row.item, PHASE, progress.phase)
             fraction = progress.fraction
             if fraction is None:
-                row.bar.setRange(0, 0)
+                _set_bar(row.bar, 0, 0)
             else:
-                row.bar.setRange(0, 1000)
-                row.bar.setValue(int(fraction * 1000))
+                _set_bar(row.bar, 1000, int(fraction * 1000))
                 if progress.unit == "bytes" and progress.total:
-                    row.bar.setFormat(
-                        f"%p% ({format_bytes(progress.done)} of {format_bytes(progress.total)})"
+                    _set_format(
+                        row.bar,
+                        f"%p% ({format_bytes(progress.done)} of {format_bytes(progress.total)})",
                     )
             row.cancel.setEnabled(progress.can_cancel and not job.cancel_token.cancelled)
         elif job.state is JobState.RUNNING:
-            row.item.setText(PHASE, "Starting")
+            _set_text(row.item, PHASE, "Starting")
             row.cancel.setEnabled(False)
         if job.is_finished:
-            row.bar.setRange(0, 1)
-            row.bar.setValue(1 if job.state is JobState.DONE else 0)
-            row.bar.setFormat(
-                {JobState.DONE: "done", JobState.CANCELLED: "cancelled"}.get(job.state, "failed")
+            _set_bar(row.bar, 1, 1 if job.state is JobState.DONE else 0)
+            _set_format(
+                row.bar,
+                {JobState.DONE: "done", JobState.CANCELLED: "cancelled"}.get(job.state, "failed"),
             )
             row.cancel.setEnabled(False)
             row.cancel.hide()
-            row.item.setText(PHASE, "")
+            _set_text(row.item, PHASE, "")
             if job.state is JobState.DONE:
-                row.item.setText(RESULT, row.result_text or "Done")
+                _set_text(row.item, RESULT, row.result_text or "Done")
             elif job.state is JobState.CANCELLED:
-                row.item.setText(RESULT, job.error.message if job.error else "Cancelled")
+                _set_text(row.item, RESULT, job.error.message if job.error else "Cancelled")
             else:
                 message = job.error.message if job.error else "Failed"
-                row.item.setText(RESULT, message)
+                _set_text(row.item, RESULT, message)
                 row.item.setToolTip(RESULT, message)
 
     def set_result_text(self, job: Job, text: str) -> None:
@@ -250,3 +250,26 @@ class OperationsPanel(QWidget):
             self.summary.setText(f"{active} running or waiting, {total - active} finished.")
         else:
             self.summary.setText(f"{total} finished.")
+
+
+# Progress reports arrive many times a second; each change of a bar's range, value or
+# text, or of a row's text, makes the list lay out and repaint (a few milliseconds on
+# the GUI thread while an operation runs), so only real changes are passed on.
+
+
+def _set_text(item: QTreeWidgetItem, column: int, text: str) -> None:
+    if item.text(column) != text:
+        item.setText(column, text)
+
+
+def _set_bar(bar: QProgressBar, maximum: int, value: int | None = None) -> None:
+    """Range 0..maximum (0: busy, no value) and the value."""
+    if bar.minimum() != 0 or bar.maximum() != maximum:
+        bar.setRange(0, maximum)
+    if value is not None and bar.value() != value:
+        bar.setValue(value)
+
+
+def _set_format(bar: QProgressBar, text: str) -> None:
+    if bar.format() != text:
+        bar.setFormat(text)
