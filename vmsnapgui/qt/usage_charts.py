@@ -18,7 +18,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Signal, Slot
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot_tree import SnapshotTree
@@ -197,6 +197,15 @@ class UsageCharts(QWidget):
 
         layout.addLayout(left, 3)
         layout.addLayout(right, 2)
+
+        # Fixed geometry: a caption or a tick label that grows ("24.0 MiB" becoming
+        # "1.00 GiB") otherwise lays the plots out again, re-rendering both on every
+        # refresh that changes a number.
+        for caption in (self.bars_caption, self.growth_caption):
+            caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        label_width = self.fontMetrics().horizontalAdvance("1023.9 MiB") + 16
+        for plot in (self.bars_plot, self.growth_plot):
+            plot.getAxis("left").setWidth(label_width)
 
     def _connect_signals(self) -> None:
         self.bars_plot.scene().sigMouseClicked.connect(self._on_bars_clicked)
