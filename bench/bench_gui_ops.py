@@ -71,6 +71,19 @@ class Heartbeat:
         self._last = now
 
 
+def cpu_steal_seconds() -> float:
+    """CPU time taken from this (virtual) machine by its host so far, all CPUs together.
+
+    Stalls here are a few tens of milliseconds; a neighbour on the host that takes the
+    CPUs away for a moment shows up in them, and this says how much that happened.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def pump(app: QApplication, condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Run Qt's own event loop until ``condition`` holds (checked every 5 ms).
 
@@ -107,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     ensure_event_loop()
+    steal_before = cpu_steal_seconds()
     conn = libvirt.open(URI)
     workdir = Path(tempfile.mkdtemp(prefix="vmsnap-bench-ops-", dir="/var/tmp"))
     workdir.chmod(0o777)
@@ -212,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         SECTION,
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
-        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; CPU time the "
+        f"hypervisor took from this machine during the run (steal): "
+        f"{cpu_steal_seconds() - steal_before:.1f} s",
         f"- Command: `.venv/bin/python bench/bench_gui_ops.py --runs {args.runs}`; a running tiny "
         "guest with 256 MiB of data on qemu:///system, every operation driven through its action "
         "and dialog; longest gap between 10 ms heartbeat ticks from OK until the operation ended "
