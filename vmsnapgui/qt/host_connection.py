@@ -498,10 +498,17 @@ class HostConnection(QObject):
             self._update_settled()
             return
         previous = self.trees.get(uuid)
+        self.last_refresh = time.time()
+        if previous is not None and uuid not in self.tree_errors and _same(previous, loaded):
+            # A refresh found what is shown already (an operation's reload and the
+            # watcher's often both ask): the shown objects stay, nobody redraws.
+            if uuid not in self.usages:
+                self.measure_usage(uuid)
+            self._update_settled()
+            return
         self.trees[uuid] = loaded
         self.tree_errors.pop(uuid, None)
         self.domains[uuid] = loaded.domain
-        self.last_refresh = time.time()
         gc_pauses.loaded_data_arrived()
         self.tree_loaded.emit(loaded)
         if previous is None or _shape(previous) != _shape(loaded) or uuid not in self.usages:
@@ -578,6 +585,20 @@ class HostConnection(QObject):
         if settled != self._settled:
             self._settled = settled
             self.settled_changed.emit(settled)
+
+
+def _same(shown: DomainSnapshots, loaded: DomainSnapshots) -> bool:
+    """True when ``loaded`` says nothing ``shown`` does not (same VM state, same records).
+
+    Unchanged snapshots are the loader's cached records, so comparing them is mostly
+    comparing identities.
+    """
+    return (
+        shown.domain == loaded.domain
+        and shown.tree.current == loaded.tree.current
+        and len(shown.tree) == len(loaded.tree)
+        and tuple(shown.tree) == tuple(loaded.tree)
+    )
 
 
 def _shape(loaded: DomainSnapshots) -> tuple[Any, ...]:
