@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QPoint, QPointF, Qt
 from pytestqt.qtbot import QtBot
 
@@ -10,7 +12,7 @@ from tests.gui.test_snapshot_tree_model import WEB
 from vmsnapgui.core.disk_usage import DomainUsage, PoolSpace, SnapshotUsage
 from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, SnapshotTreeModel
-from vmsnapgui.qt.usage_charts import BytesAxis, UsageCharts, bar_values, growth_points
+from vmsnapgui.qt.usage_charts import BytesAxis, TimeAxis, UsageCharts, bar_values, growth_points
 
 MIB = 1024 * 1024
 
@@ -135,3 +137,21 @@ def test_a_click_on_a_bar_in_the_window_selects_the_snapshot_in_the_tree(
     # The test driver's disks are not files: the chart says so instead of drawing zeros.
     assert window.charts.bars_message.textItem.toPlainText().startswith("No size is known")
     assert len(window.charts.selection_bar.opts["x"]) == 0
+
+
+def test_the_time_axis_ticks_on_round_local_times(qtbot: QtBot) -> None:
+    axis = TimeAxis("bottom")
+    start = time.mktime((2026, 11, 25, 9, 7, 0, 0, 0, -1))  # 09:07 local time
+    ((step, values),) = axis.tickValues(start, start + 3 * 3600, 600)
+    assert step in (1800, 3600)
+    assert all(start <= value <= start + 3 * 3600 for value in values)
+    labels = axis.tickStrings(values, 1, step)
+    assert all(label.endswith(":00") or label.endswith(":30") for label in labels)
+    assert labels[0] in ("09:30", "10:00")
+
+    ((step, values),) = axis.tickValues(start, start + 20 * 86400, 600)
+    assert step >= 86400
+    labels = axis.tickStrings(values, 1, step)
+    # Days read as dates, each on local midnight.
+    assert all(time.localtime(value)[3:6] == (0, 0, 0) for value in values)
+    assert labels[0] == time.strftime("%d %b", time.localtime(values[0]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -59,6 +60,44 @@ class BytesAxis(pg.AxisItem):  # type: ignore[misc]  # pyqtgraph has no type hin
 
     def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
         return [format_bytes(int(value)) if value >= 0 else "" for value in values]
+
+
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+# Steps between time ticks, and how a tick reads at that step.
+_TIME_STEPS = (
+    *((minutes * _MINUTE, "%H:%M") for minutes in (1, 2, 5, 10, 15, 30)),
+    *((hours * _HOUR, "%H:%M") for hours in (1, 2, 3, 6, 12)),
+    *((days * _DAY, "%d %b") for days in (1, 2, 7, 14)),
+    (30 * _DAY, "%b %Y"),
+    (91 * _DAY, "%b %Y"),
+    (365 * _DAY, "%Y"),
+)
+TIME_LABEL_PIXELS = 70
+
+
+class TimeAxis(pg.AxisItem):  # type: ignore[misc]  # pyqtgraph has no type hints
+    """Local clock times, days or years, whichever the visible span calls for.
+
+    pyqtgraph's DateAxisItem does the same with a general zoom-level machinery that
+    costs a few milliseconds of Python on every redraw of the chart.
+    """
+
+    def tickValues(self, minVal: float, maxVal: float, size: float) -> list[Any]:
+        span = maxVal - minVal
+        if not math.isfinite(span) or span <= 0:
+            return []
+        wanted = max(2, int(size / TIME_LABEL_PIXELS))
+        step, fmt = next(((s, f) for s, f in _TIME_STEPS if span / s <= wanted), _TIME_STEPS[-1])
+        self._format = fmt
+        # Ticks on round local times: offset by the local zone's distance from UTC.
+        offset = -time.localtime(minVal).tm_gmtoff
+        first = math.ceil((minVal - offset) / step) * step + offset
+        values = [first + i * step for i in range(int((maxVal - first) // step) + 1)]
+        return [(float(step), values)]
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        fmt = getattr(self, "_format", "%H:%M")
+        return [time.strftime(fmt, time.localtime(value)) for value in values]
 
 
 def _any_known(usage: DomainUsage) -> bool:
@@ -160,7 +199,7 @@ class UsageCharts(QWidget):
         right = QVBoxLayout()
         self.growth_caption = QLabel("Snapshot space over time")
         self.growth_plot = pg.PlotWidget(
-            axisItems={"left": BytesAxis("left"), "bottom": pg.DateAxisItem("bottom")}
+            axisItems={"left": BytesAxis("left"), "bottom": TimeAxis("bottom")}
         )
         self.growth_plot.setAccessibleName("Snapshot space over time chart")
         self.growth_plot.setMenuEnabled(False)
