@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,23 +178,14 @@ class MainWindow(QMainWindow):
         self._pending_selection: tuple[str, str | None] | None = None
         self._user_chose_vm = False
         self._settled = False
-        self._charts_timer = QTimer(self)
-        self._charts_timer.setSingleShot(True)
-        self._charts_timer.setInterval(CHARTS_DELAY_MS)
-        self._charts_timer.timeout.connect(self._redraw_charts)
+        self._charts_timer = self._timer(CHARTS_DELAY_MS, self._redraw_charts)
+        self._details_timer = self._timer(0, self._on_details_timer)
+        self._outline_timer = self._timer(0, self._outline_selected_bar)
         self._warmed_up = False
         self._last_collection = time.monotonic()
-        self._gc_timer = QTimer(self)
-        self._gc_timer.setInterval(GC_SHORTEST_WAIT_S * 1000)
-        self._gc_timer.timeout.connect(self._collect_garbage)
-        self._details_timer = QTimer(self)
-        self._details_timer.setSingleShot(True)
-        self._details_timer.setInterval(0)
-        self._details_timer.timeout.connect(self._on_details_timer)
-        self._outline_timer = QTimer(self)
-        self._outline_timer.setSingleShot(True)
-        self._outline_timer.setInterval(0)
-        self._outline_timer.timeout.connect(self._outline_selected_bar)
+        self._gc_timer = self._timer(
+            GC_SHORTEST_WAIT_S * 1000, self._collect_garbage, single_shot=False
+        )
         self._shut_down = False
         self.setWindowTitle("vmsnapgui — VM snapshots")
         self.setWindowIcon(icons.named_icon("app"))
@@ -203,6 +195,16 @@ class MainWindow(QMainWindow):
         self._restore_layout()
         self._update_actions()
         self._show_page()
+
+    def _timer(
+        self, interval_ms: int, slot: Callable[[], None], *, single_shot: bool = True
+    ) -> QTimer:
+        """A timer of this window that calls ``slot`` (once per start, by default)."""
+        timer = QTimer(self)
+        timer.setSingleShot(single_shot)
+        timer.setInterval(interval_ms)
+        timer.timeout.connect(slot)
+        return timer
 
     # -- building ---------------------------------------------------------------------
 
@@ -242,14 +244,10 @@ class MainWindow(QMainWindow):
         self.filter_edit.setPlaceholderText("Filter snapshots by name or description (Ctrl+F)")
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.setAccessibleName("Filter snapshots")
-        self._filter_timer = QTimer(self)
-        self._filter_timer.setSingleShot(True)
-        self._filter_timer.setInterval(FILTER_DELAY_MS)
+        self._filter_timer = self._timer(FILTER_DELAY_MS, self._on_filter_timer)
         # The status bar follows hundreds of jobs; redrawing it for each one would keep
         # the GUI thread busy, so it is refreshed a few times a second at most.
-        self._status_timer = QTimer(self)
-        self._status_timer.setSingleShot(True)
-        self._status_timer.setInterval(STATUS_DELAY_MS)
+        self._status_timer = self._timer(STATUS_DELAY_MS, self._on_status_timer)
         self.vm_title = QLabel()
         title_font = self.vm_title.font()
         title_font.setBold(True)
@@ -416,8 +414,6 @@ class MainWindow(QMainWindow):
         self.tree_view.selectionModel().selectionChanged.connect(self._on_tree_selection)
         self.tree_view.context_menu_wanted.connect(self._on_tree_context_menu)
         self.filter_edit.textChanged.connect(self._on_filter_typed)
-        self._filter_timer.timeout.connect(self._on_filter_timer)
-        self._status_timer.timeout.connect(self._on_status_timer)
         self.details.description_save_requested.connect(self._on_save_description)
         self.details.live_xml_wanted.connect(self._on_live_xml_wanted)
         self.message_bar.action_triggered.connect(self._on_message_action)
