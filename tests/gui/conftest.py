@@ -77,6 +77,18 @@ def select_vm(qtbot: QtBot, window: MainWindow, name: str) -> None:
     )
 
 
+def details_show(window: MainWindow, key: str) -> bool:
+    """True once the details panel shows ``key`` (details follow the tree a turn later)."""
+    context = window.details.context
+    return context is not None and context.key == key
+
+
+def select_row(qtbot: QtBot, window: MainWindow, key: str) -> None:
+    """Select a row of the shown tree and wait for its details."""
+    assert window.tree_view.select_key(key)
+    qtbot.waitUntil(lambda: details_show(window, key), timeout=LOAD_TIMEOUT_MS)
+
+
 # -- hand-made trees for model tests -------------------------------------------------------
 
 

@@ -7,7 +7,15 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
-from tests.gui.conftest import LOAD_TIMEOUT_MS, WindowFactory, lab_host, select_vm, wait_settled
+from tests.gui.conftest import (
+    LOAD_TIMEOUT_MS,
+    WindowFactory,
+    details_show,
+    lab_host,
+    select_row,
+    select_vm,
+    wait_settled,
+)
 from vmsnapgui.core.snapshot_xml import snapshot_request_xml
 from vmsnapgui.qt.app_settings import AppSettings
 from vmsnapgui.qt.host_list_model import HostColumn
@@ -64,7 +72,7 @@ def test_details_show_properties_disks_and_the_configuration_change_from_the_par
     lab_window: MainWindow, qtbot: QtBot
 ) -> None:
     select_vm(qtbot, lab_window, "web")
-    lab_window.tree_view.select_key("nginx-installed")
+    select_row(qtbot, lab_window, "nginx-installed")
     details = lab_window.details
     assert details.title.text() == "nginx-installed"
     assert details.changes_caption.text() == "Compared with its parent 'base':"
@@ -83,7 +91,7 @@ def test_details_of_now_compare_the_current_snapshot_with_the_live_definition(
     lab_window: MainWindow, qtbot: QtBot
 ) -> None:
     select_vm(qtbot, lab_window, "web")
-    lab_window.tree_view.select_key(NOW_KEY)
+    select_row(qtbot, lab_window, NOW_KEY)
     details = lab_window.details
     assert details.title.text() == "Now (you are here)"
     qtbot.waitUntil(
@@ -97,7 +105,7 @@ def test_details_of_now_compare_the_current_snapshot_with_the_live_definition(
 
 def test_the_description_is_saved_through_libvirt(lab_window: MainWindow, qtbot: QtBot) -> None:
     select_vm(qtbot, lab_window, "web")
-    lab_window.tree_view.select_key("php-experiment")
+    select_row(qtbot, lab_window, "php-experiment")
     details = lab_window.details
     assert not details.save_button.isEnabled()
     details.description.setPlainText("Kept <after> all & more\nsecond line")
@@ -123,7 +131,7 @@ def test_a_description_libvirt_would_refuse_is_explained_before_saving(
     lab_window: MainWindow, qtbot: QtBot
 ) -> None:
     select_vm(qtbot, lab_window, "web")
-    lab_window.tree_view.select_key("base")
+    select_row(qtbot, lab_window, "base")
     details = lab_window.details
     details.description.setPlainText("bad\x01byte")
     assert not details.description_error.isHidden()
@@ -185,6 +193,7 @@ def test_the_keyboard_moves_through_the_tree(lab_window: MainWindow, qtbot: QtBo
     assert view.selected_key() == "nginx-installed"
     qtbot.keyClick(view, Qt.Key.Key_End)
     assert view.selected_key() == "php-tuned"
+    qtbot.waitUntil(lambda: details_show(lab_window, "php-tuned"), timeout=LOAD_TIMEOUT_MS)
     assert lab_window.details.title.text() == "php-tuned"
 
 
@@ -294,4 +303,5 @@ def test_enter_on_a_tree_row_moves_the_focus_to_its_details(
     qtbot.waitUntil(lab_window.tree_view.hasFocus, timeout=5000)
     qtbot.keyClick(lab_window.tree_view, Qt.Key.Key_Return)
     qtbot.waitUntil(lab_window.details.hasFocus, timeout=5000)
+    qtbot.waitUntil(lambda: details_show(lab_window, "base"), timeout=LOAD_TIMEOUT_MS)
     assert lab_window.details.title.text() == "base"

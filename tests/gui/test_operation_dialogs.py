@@ -233,6 +233,39 @@ def test_the_panel_shows_progress_and_cancels_what_can_be_cancelled(qtbot: QtBot
     runner.shutdown()
 
 
+def test_the_panel_says_how_far_an_operation_is_without_animating(qtbot: QtBot) -> None:
+    runner = JobRunner()
+    panel = OperationsPanel(runner)
+    qtbot.addWidget(panel)
+    steps = [
+        Progress("Saving memory and disks"),
+        Progress("Copying disk vda (1 of 1)", 512, 1024, "bytes", True),
+        Progress("Merging", 1, 4, "steps"),
+    ]
+    go = [threading.Event() for _ in steps]
+
+    def work(progress: ProgressCallback, cancel: CancelToken) -> str:
+        for step, event in zip(steps, go, strict=True):
+            progress(step)
+            event.wait(10)
+        return "done"
+
+    job = runner.submit(work, key="vm", description="Work")
+    panel.track(job, "Work on 'web'", "web")
+    bar = panel.progress_bar(job)
+    shown = []
+    for step, event in zip(steps, go, strict=True):
+        qtbot.waitUntil(lambda step=step: panel.row_text(job)["Phase"] == step.phase, timeout=5000)
+        # Never a busy bar (range 0..0): Fusion animates those 60 times a second.
+        assert bar.maximum() > bar.minimum()
+        shown.append(bar.text())
+        event.set()
+    assert shown == ["working…", "50% (512 B of 1.00 KiB)", "25%"]
+    qtbot.waitUntil(lambda: job.is_finished, timeout=5000)
+    assert bar.text() == "done" and bar.value() == bar.maximum()
+    runner.shutdown()
+
+
 def test_the_panel_shows_failures_in_one_sentence_with_details(qtbot: QtBot) -> None:
     from vmsnapgui.core.errors import UserError
 

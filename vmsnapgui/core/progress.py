@@ -26,7 +26,7 @@ class Progress:
     """Where an operation is: a phase name and, when known, how far along it is.
 
     ``done``/``total`` are bytes when ``unit`` is "bytes", else steps or percent;
-    ``total`` None means the length of the phase is unknown (show a busy bar).
+    ``total`` None means the length of the phase is unknown.
     ``can_cancel`` says whether Cancel would work right now (an internal snapshot,
     for one, cannot be interrupted once QEMU has started writing it).
     """

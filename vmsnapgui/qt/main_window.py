@@ -76,6 +76,7 @@ from vmsnapgui.qt.job_runner import Job, JobRunner
 from vmsnapgui.qt.local_hypervisors import LOCAL_URIS, ProbeResult, probe_local_hypervisors
 from vmsnapgui.qt.message_bar import MessageBar
 from vmsnapgui.qt.operations_panel import OperationsPanel
+from vmsnapgui.qt.redraw_pacer import RedrawPacer
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_operations import SnapshotOperations
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, SnapshotTreeModel, UsageState
@@ -105,6 +106,8 @@ GIL_SWITCH_INTERVAL = 0.0005
 # each while background threads hold the GIL half the time) back to back with the
 # work that asked. Gathered, the charts draw once, in an event-loop turn of their own.
 CHARTS_DELAY_MS = 120
+# What the redraw pacer runs.
+CHARTS, DETAILS, OUTLINE = "charts", "details", "outline"
 # Full garbage collections (see gc_pauses): when everything has loaded, at most once a
 # minute; while loading goes on and on, at least every five minutes anyway.
 GC_SHORTEST_WAIT_S = 60
@@ -178,9 +181,12 @@ class MainWindow(QMainWindow):
         self._pending_selection: tuple[str, str | None] | None = None
         self._user_chose_vm = False
         self._settled = False
-        self._charts_timer = self._timer(CHARTS_DELAY_MS, self._redraw_charts)
-        self._details_timer = self._timer(0, self._on_details_timer)
-        self._outline_timer = self._timer(0, self._outline_selected_bar)
+        # Charts, details and the chart's selection outline are redrawn a turn of the
+        # event loop after they were asked for, one at a time (see redraw_pacer).
+        self._pacer = RedrawPacer(self)
+        self._pacer.add(CHARTS, self._redraw_charts)
+        self._pacer.add(DETAILS, self._show_details_now)
+        self._pacer.add(OUTLINE, self._outline_selected_bar)
         self._warmed_up = False
         self._last_collection = time.monotonic()
         self._gc_timer = self._timer(
@@ -636,14 +642,7 @@ class MainWindow(QMainWindow):
         if self.proxy.words:
             self.tree_view.expand_all_quietly()
         self._update_charts()
-        if reset:
-            # A VM shown for the first time: the tree is drawn first, its details (a
-            # form of new widgets, laid out and drawn for the first time) in the next
-            # turn of the event loop, so neither waits for the other.
-            self._details_timer.start()
-            self._update_settled()
-        else:
-            self._update_details()
+        self._details_soon()
 
     def _apply_usage(self, host: HostConnection, uuid: str) -> None:
         error = host.usage_errors.get(uuid)
@@ -652,15 +651,27 @@ class MainWindow(QMainWindow):
         else:
             self.tree_model.set_usage(host.usages.get(uuid))
 
+    def _details_soon(self) -> None:
+        """Show the selected row's details in the next turn of the event loop.
+
+        The tree is drawn first and the details (a form laid out again, its labels
+        wrapped anew) in a turn of their own: together they kept the window from
+        answering for longer than either alone, while operations finished and sizes
+        arrived. Requests made meanwhile are served by one update.
+        """
+        if not self._pacer.is_pending(DETAILS):
+            self._pacer.request(DETAILS)
+            self._update_settled()
+
     @Slot()
-    def _on_details_timer(self) -> None:
+    def _show_details_now(self) -> None:
         try:
             self._update_details()
         finally:
             self._update_settled()
 
     def _update_details(self) -> None:
-        self._details_timer.stop()  # whoever asked for it later is served now
+        self._pacer.cancel(DETAILS)  # whoever asked for it is served now
         if self.current is None:
             return
         host = self.current[0]
@@ -682,9 +693,9 @@ class MainWindow(QMainWindow):
 
     def _update_charts(self) -> None:
         """Redraw the charts soon (requests made meanwhile are served by one redraw)."""
-        if self.charts is None or self._charts_timer.isActive():
+        if self.charts is None or self._pacer.is_pending(CHARTS):
             return
-        self._charts_timer.start()
+        self._pacer.request(CHARTS, CHARTS_DELAY_MS)
         self._update_settled()
 
     @Slot()
@@ -714,7 +725,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _outline_selected_bar(self) -> None:
-        if self.charts is not None and not self._charts_timer.isActive():
+        if self.charts is not None and not self._pacer.is_pending(CHARTS):
             self.charts.set_selected(self.tree_view.selected_key())
 
     def _take_pending_snapshot_selection(self) -> str | None:
@@ -834,8 +845,8 @@ class MainWindow(QMainWindow):
             and (
                 not self._charts_wanted or self.charts is not None or self.charts_error is not None
             )
-            and not self._charts_timer.isActive()
-            and not self._details_timer.isActive()
+            and not self._pacer.is_pending(CHARTS)
+            and not self._pacer.is_pending(DETAILS)
         )
         if settled != self._settled:
             self._settled = settled
@@ -967,6 +978,7 @@ class MainWindow(QMainWindow):
             if self.details.context is not None and self.details.context.is_now:
                 self.details.forget_live_xml(uuid)
             self._present_tree(host, uuid, first=False)
+            self._pacer.worked()  # the tree changed: it is drawn before what follows
         self._try_pending_selection()
         self._select_something_useful()
 
@@ -984,14 +996,15 @@ class MainWindow(QMainWindow):
         if self.current == (host, uuid) and self.tree_model.domain is not None:
             self.tree_model.set_usage(usage)
             self._update_charts()
-            self._update_details()
+            self._details_soon()
+            self._pacer.worked()
 
     def _on_usage_failed(self, host: HostConnection, uuid: str, error: UserError) -> None:
         self.host_model.domain_changed(host, uuid)
         if self.current == (host, uuid) and self.tree_model.domain is not None:
             self.tree_model.set_usage(None, error.message)
             self._update_charts()
-            self._update_details()
+            self._details_soon()
 
     @Slot(bool)
     def _on_host_settled(self, settled: bool) -> None:
@@ -1028,11 +1041,11 @@ class MainWindow(QMainWindow):
 
     @Slot(QItemSelection, QItemSelection)
     def _on_tree_selection(self, selected: QItemSelection, deselected: QItemSelection) -> None:
-        self._update_details()
-        if self.charts is not None and not self._charts_timer.isActive():
+        self._details_soon()
+        if self.charts is not None and not self._pacer.is_pending(CHARTS):
             # Once this turn of the event loop is over: a refresh that clears the
             # selection and selects again (or selects twice) outlines a bar once.
-            self._outline_timer.start()
+            self._pacer.request(OUTLINE)
         self._update_actions()
         self.selection_changed.emit()
 
@@ -1212,9 +1225,7 @@ class MainWindow(QMainWindow):
         if self._shut_down:
             return
         self._shut_down = True
-        self._charts_timer.stop()
-        self._outline_timer.stop()
-        self._details_timer.stop()
+        self._pacer.stop()
         self._gc_timer.stop()
         for host in self.hosts:
             host.close()

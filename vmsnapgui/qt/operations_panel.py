@@ -122,7 +122,8 @@ class OperationsPanel(QWidget):
         item.setText(PHASE, "Waiting for the VM's earlier operations")
         self.tree.insertTopLevelItem(0, item)
         bar = QProgressBar()
-        bar.setRange(0, 0)  # busy until a phase reports how far it is
+        _set_bar(bar, 1, 0)
+        _set_format(bar, "waiting")
         bar.setAccessibleName(f"Progress of {operation}")
         cancel = QPushButton("Cancel")
         cancel.setAccessibleName(f"Cancel {operation}")
@@ -139,6 +140,10 @@ class OperationsPanel(QWidget):
         """The texts of a job's row (for tests and accessibility)."""
         row = self._rows[job.id]
         return {name: row.item.text(index) for index, name in enumerate(COLUMNS) if name}
+
+    def progress_bar(self, job: Job) -> QProgressBar:
+        """The progress bar of a job's row."""
+        return self._rows[job.id].bar
 
     def cancel_button(self, job: Job) -> QPushButton:
         """The Cancel button of a job's row."""
@@ -203,7 +208,11 @@ class OperationsPanel(QWidget):
             _set_text(row.item, PHASE, progress.phase)
             fraction = progress.fraction
             if fraction is None:
-                _set_bar(row.bar, 0, 0)
+                # No measure of how far: say so in words. (A busy bar animates at 60
+                # frames a second, which was most of the GUI thread's painting while
+                # operations ran; the elapsed time already shows it is alive.)
+                _set_bar(row.bar, 1, 0)
+                _set_format(row.bar, "working…")
             else:
                 _set_bar(row.bar, 1000, int(fraction * 1000))
                 if progress.unit == "bytes" and progress.total:
@@ -211,9 +220,12 @@ class OperationsPanel(QWidget):
                         row.bar,
                         f"%p% ({format_bytes(progress.done)} of {format_bytes(progress.total)})",
                     )
+                else:
+                    _set_format(row.bar, "%p%")
             row.cancel.setEnabled(progress.can_cancel and not job.cancel_token.cancelled)
         elif job.state is JobState.RUNNING:
             _set_text(row.item, PHASE, "Starting")
+            _set_format(row.bar, "working…")
             row.cancel.setEnabled(False)
         if job.is_finished:
             _set_bar(row.bar, 1, 1 if job.state is JobState.DONE else 0)
@@ -263,7 +275,7 @@ def _set_text(item: QTreeWidgetItem, column: int, text: str) -> None:
 
 
 def _set_bar(bar: QProgressBar, maximum: int, value: int | None = None) -> None:
-    """Range 0..maximum (0: busy, no value) and the value."""
+    """Range 0..maximum and the value."""
     if bar.minimum() != 0 or bar.maximum() != maximum:
         bar.setRange(0, maximum)
     if value is not None and bar.value() != value:

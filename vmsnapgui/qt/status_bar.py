@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtWidgets import QLabel, QStatusBar, QWidget
 
 from vmsnapgui.qt.host_connection import HostConnection
 from vmsnapgui.virt.connection import ConnectionState
@@ -22,13 +23,7 @@ class AppStatusBar(QStatusBar):
         self.refreshed.setAccessibleName("Last refresh")
         self.activity = QLabel()
         self.activity.setAccessibleName("Background activity")
-        self.busy = QProgressBar()
-        self.busy.setRange(0, 0)
-        self.busy.setMaximumWidth(80)
-        self.busy.setMaximumHeight(12)
-        self.busy.setTextVisible(False)
-        self.busy.setAccessibleName("Working")
-        self.busy.hide()
+        self.busy = BusySpinner()
         self.addWidget(self.connections, 1)
         self.addPermanentWidget(self.activity)
         self.addPermanentWidget(self.busy)
@@ -75,8 +70,59 @@ class AppStatusBar(QStatusBar):
         """How much work runs in the background (and what, when it is one thing)."""
         if count <= 0:
             self.activity.setText("")
-            self.busy.hide()
+            self.busy.stop()
             return
         text = description if count == 1 and description else f"{count} background tasks"
         self.activity.setText(text)
-        self.busy.show()
+        self.busy.start()
+
+
+SPINNER_FRAMES = "◐◓◑◒"
+SPINNER_INTERVAL_MS = 250
+
+
+class BusySpinner(QLabel):
+    """A small turning sign while work runs in the background.
+
+    A busy QProgressBar animates at 60 frames a second: while operations ran, most of
+    the GUI thread's painting was that bar. Four frames a second say "working" as well.
+    The label has a fixed size, so a new frame repaints the label alone and never lays
+    out the window.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Working")
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        metrics = self.fontMetrics()
+        width = max(metrics.horizontalAdvance(frame) for frame in SPINNER_FRAMES)
+        self.setFixedSize(width + 6, metrics.height())
+        self._frame = 0
+        self._timer = QTimer(self)
+        self._timer.setInterval(SPINNER_INTERVAL_MS)
+        self._timer.timeout.connect(self._next_frame)
+        self.hide()
+
+    @property
+    def spinning(self) -> bool:
+        """True while shown and turning."""
+        return self._timer.isActive()
+
+    def start(self) -> None:
+        """Show and turn (already turning: nothing changes)."""
+        if self._timer.isActive():
+            return
+        self._frame = 0
+        self.setText(SPINNER_FRAMES[0])
+        self.show()
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Stop turning and hide."""
+        self._timer.stop()
+        self.hide()
+
+    @Slot()
+    def _next_frame(self) -> None:
+        self._frame = (self._frame + 1) % len(SPINNER_FRAMES)
+        self.setText(SPINNER_FRAMES[self._frame])
