@@ -10,6 +10,7 @@ The panel only shows what it is given and asks through signals; it never calls l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from PySide6.QtCore import Qt, Signal, Slot
@@ -132,6 +133,7 @@ class DetailsPanel(QScrollArea):
         # selection was most of the cost of showing one (each new widget is shown,
         # polished and laid out later, one queued event at a time).
         self._property_rows: list[tuple[QLabel, QLabel]] = []
+        self._disk_rows: list[tuple[list[str], str | None]] | None = None
 
         self.disks_box = QGroupBox("Disks")
         disks_layout = QVBoxLayout(self.disks_box)
@@ -246,7 +248,7 @@ class DetailsPanel(QScrollArea):
         self.placeholder.hide()
         self.title.show()
         self.subtitle.show()
-        for box in (self.properties_box, self.disks_box, self.changes_box):
+        for box in (self.properties_box, self.changes_box):
             box.show()
         domain = context.loaded.domain
         self.subtitle.setText(f"{domain.name} on {context.host_label}")
@@ -342,9 +344,10 @@ class DetailsPanel(QScrollArea):
         self.description_box.show()
         if not keep_edit:
             self._saved_description = snapshot.description or ""
-            self.description.blockSignals(True)
-            self.description.setPlainText(self._saved_description)
-            self.description.blockSignals(False)
+            if self.description.toPlainText() != self._saved_description:
+                self.description.blockSignals(True)
+                self.description.setPlainText(self._saved_description)
+                self.description.blockSignals(False)
             self.description_error.hide()
             if not same_row:
                 self.description_state.setText("")
@@ -354,8 +357,8 @@ class DetailsPanel(QScrollArea):
             self.changes.setText("")
         else:
             self.changes_caption.setText(f"Compared with its parent {parent!r}:")
-            before = embedded_domain_xml(tree[parent].xml)
-            after = embedded_domain_xml(snapshot.xml)
+            before = _embedded(tree[parent].xml)
+            after = _embedded(snapshot.xml)
             self.changes.setText(_changes_text(before, after))
 
     def _show_now(self, context: DetailsContext) -> None:
@@ -382,8 +385,8 @@ class DetailsPanel(QScrollArea):
         self.description_box.hide()
         uuid = domain.uuid
         live = self._live_xml.get(uuid)
-        self.disks.clear()
         if live is None:
+            self._set_disk_rows([])
             if uuid in self._live_error:
                 self.changes_caption.setText("The VM's configuration could not be read:")
                 self.changes.setText(self._live_error[uuid])
@@ -391,23 +394,23 @@ class DetailsPanel(QScrollArea):
                 self.changes_caption.setText("Reading the VM's configuration…")
                 self.changes.setText("")
                 self.live_xml_wanted.emit(uuid)
-            self._fit_disks()
             return
         try:
             disks = domain_disks(live)
         except Exception:  # an unreadable definition still shows the rest
             disks = []
+        disk_rows: list[tuple[list[str], str | None]] = []
         for disk in disks:
             per_disk = usage.disks.get(disk.target) if usage else None
             size = format_bytes(per_disk.delta_bytes) if per_disk and per_disk.delta_bytes else ""
-            QTreeWidgetItem(self.disks, [disk.target, disk.device, disk.source or "—", size])
-        self._fit_disks()
+            disk_rows.append(([disk.target, disk.device, disk.source or "—", size], None))
+        self._set_disk_rows(disk_rows)
         if current is None:
             self.changes_caption.setText("There is no current snapshot to compare with.")
             self.changes.setText("")
             return
         self.changes_caption.setText(f"Compared with the current snapshot {current!r}:")
-        self.changes.setText(_changes_text(embedded_domain_xml(loaded.tree[current].xml), live))
+        self.changes.setText(_changes_text(_embedded(loaded.tree[current].xml), live))
 
     def _set_properties(self, rows: list[tuple[str, str, str | None]]) -> None:
         while len(self._property_rows) < len(rows):
@@ -429,14 +432,8 @@ class DetailsPanel(QScrollArea):
                 value_label.setToolTip(tooltip or "")
 
     def _show_snapshot_disks(self, snapshot: Snapshot, usage: SnapshotUsage | None) -> None:
-        self.disks.clear()
-        images: dict[str, str | None] = {}
-        embedded = embedded_domain_xml(snapshot.xml) if snapshot.xml else None
-        if embedded:
-            try:
-                images = {disk.target: disk.source for disk in domain_disks(embedded)}
-            except Exception:
-                images = {}
+        images = dict(_disk_sources(_embedded(snapshot.xml) if snapshot.xml else None))
+        rows: list[tuple[list[str], str | None]] = []
         for disk in snapshot.disks:
             if disk.kind is DiskKind.EXTERNAL:
                 file = disk.file or "—"
@@ -448,13 +445,26 @@ class DetailsPanel(QScrollArea):
             size = ""
             if per_disk is not None and per_disk.delta_bytes is not None:
                 size = format_bytes(per_disk.delta_bytes)
-            item = QTreeWidgetItem(self.disks, [disk.target, disk.kind.value, file, size])
-            item.setToolTip(2, f"{file}\n{file_tip}")
+            rows.append(([disk.target, disk.kind.value, file, size], f"{file}\n{file_tip}"))
         if snapshot.memory is MemoryKind.EXTERNAL and snapshot.memory_file:
             vmstate = ""
             if usage is not None and usage.vmstate_bytes is not None:
                 vmstate = format_bytes(usage.vmstate_bytes)
-            QTreeWidgetItem(self.disks, ["memory", "external", snapshot.memory_file, vmstate])
+            rows.append((["memory", "external", snapshot.memory_file, vmstate], None))
+        self._set_disk_rows(rows)
+
+    def _set_disk_rows(self, rows: list[tuple[list[str], str | None]]) -> None:
+        """Fill the disks table (left alone when it shows these rows already: a refill
+        lays the panel out again)."""
+        self.disks_box.setVisible(bool(rows))
+        if rows == self._disk_rows:
+            return
+        self._disk_rows = rows
+        self.disks.clear()
+        for texts, file_tip in rows:
+            item = QTreeWidgetItem(self.disks, texts)
+            if file_tip is not None:
+                item.setToolTip(2, file_tip)
         self._fit_disks()
 
     def _fit_disks(self) -> None:
@@ -537,6 +547,28 @@ def _kind_text(snapshot: Snapshot) -> str:
     return "no disk captured"
 
 
+# Details are shown again and again for the same few snapshots (a refresh, sizes
+# arriving, moving up and down the tree); what they derive from a snapshot's XML is
+# kept for the last few hundred XML texts instead of parsed each time.
+
+
+@functools.lru_cache(maxsize=256)
+def _embedded(snapshot_xml: str) -> str | None:
+    return embedded_domain_xml(snapshot_xml)
+
+
+@functools.lru_cache(maxsize=256)
+def _disk_sources(domain_xml: str | None) -> tuple[tuple[str, str | None], ...]:
+    """(target, source file) of every disk of a domain definition."""
+    if not domain_xml:
+        return ()
+    try:
+        return tuple((disk.target, disk.source) for disk in domain_disks(domain_xml))
+    except Exception:  # an unreadable definition still shows the rest
+        return ()
+
+
+@functools.lru_cache(maxsize=128)
 def _changes_text(before: str | None, after: str | None) -> str:
     changes = diff_domains(before, after)
     if not changes:
