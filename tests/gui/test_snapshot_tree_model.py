@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QFont
+from PySide6.QtCore import (
+    QModelIndex,
+    QModelRoleData,
+    QModelRoleDataSpan,
+    QPersistentModelIndex,
+    Qt,
+)
+from PySide6.QtGui import QFont, QIcon
 from pytestqt.modeltest import ModelTester
+from pytestqt.qtbot import QtBot
 
 from tests.gui.conftest import loaded_tree, snap
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
@@ -253,3 +260,52 @@ def test_a_size_update_names_the_roles_it_changes_and_not_the_filters() -> None:
         assert Qt.ItemDataRole.DisplayRole in roles and Role.BAR_FRACTION in roles
         # The filter proxy walks up to every ancestor of a row whose filter role changed.
         assert SnapshotFilterProxy().filterRole() not in roles
+
+
+def every_index(model: object, parent: QModelIndex | None = None) -> list[QModelIndex]:
+    parent = parent or QModelIndex()
+    found = []
+    for row in range(model.rowCount(parent)):  # type: ignore[attr-defined]
+        for column in range(model.columnCount(parent)):  # type: ignore[attr-defined]
+            index = model.index(row, column, parent)  # type: ignore[attr-defined]
+            found.append(index)
+            if column == 0:
+                found.extend(every_index(model, index))
+    return found
+
+
+def test_all_roles_at_once_answer_what_each_role_does_even_when_views_reuse_them(
+    qtbot: QtBot,
+) -> None:
+    # Views ask for all the roles of a cell in one call and reuse the same role slots
+    # from cell to cell: a role this cell lacks must be cleared, not left as it was.
+    model = SnapshotTreeModel()
+    usage = DomainUsage("vm", (SnapshotUsage("php", 3 << 20),), SnapshotUsage(NOW_KEY, 0))
+    model.set_tree(loaded_tree(WEB, "upgrade"), usage=usage)
+    proxy = SnapshotFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.set_filter_text("p")
+    roles = [
+        Qt.ItemDataRole.DisplayRole,
+        Qt.ItemDataRole.DecorationRole,
+        Qt.ItemDataRole.ToolTipRole,
+        Qt.ItemDataRole.FontRole,
+        Qt.ItemDataRole.TextAlignmentRole,
+        Role.KEY,
+        Role.BAR_FRACTION,
+    ]
+    for target in (model, proxy):
+        slots = [QModelRoleData(int(role)) for role in roles]
+        indexes = every_index(target)
+        assert len(indexes) > 10
+        for index in indexes:
+            for role, slot in zip(roles, slots, strict=True):
+                target.multiData(index, QModelRoleDataSpan(slot))
+                expected = target.data(index, role)
+                if isinstance(expected, QIcon):
+                    assert isinstance(slot.data(), QIcon)
+                    assert slot.data().cacheKey() == expected.cacheKey()
+                elif isinstance(expected, QFont):
+                    assert slot.data() == expected
+                else:
+                    assert slot.data() == expected, (index.row(), index.column(), role)

@@ -377,7 +377,7 @@ class HostListModel(QAbstractItemModel):
                 lines.append(f"Details: {status.detail}")
             return "\n".join(lines)
         if role == Qt.ItemDataRole.DecorationRole and column == HostColumn.NAME:
-            return icons.host_icon(status.state)
+            return icons.row_icon(icons.host_icon(status.state))
         if role == Qt.ItemDataRole.AccessibleTextRole and column == HostColumn.NAME:
             return f"Connection {host.label}, {status_text(status)}"
         return None
@@ -408,7 +408,7 @@ class HostListModel(QAbstractItemModel):
                 lines.append(f"Could not load its snapshots: {error.message}")
             return "\n".join(lines)
         if role == Qt.ItemDataRole.DecorationRole and column == HostColumn.NAME:
-            return icons.domain_state_icon(summary.state)
+            return icons.row_icon(icons.domain_state_icon(summary.state))
         if role == Qt.ItemDataRole.TextAlignmentRole and column > 0:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.AccessibleTextRole and column == HostColumn.NAME:

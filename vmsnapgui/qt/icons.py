@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRectF, QSize, Qt
-from PySide6.QtGui import QIcon, QIconEngine, QImage, QPainter, QPixmap
+from PySide6.QtGui import QGuiApplication, QIcon, QIconEngine, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QStyle
 
 from vmsnapgui.core.snapshot import DomainState, Snapshot
@@ -127,6 +127,32 @@ def layered_icon(
     if not _drawing(layers[0][0]).is_file():
         return _fallback(fallback)
     return QIcon(LayeredSvgIconEngine(layers))
+
+
+# Item views paint an icon per visible row on every repaint. Through the layered
+# engine each paint is a call into Python, which waits for the GIL while background
+# threads run Python; while an operation ran that was a good part of every repaint of
+# the trees. Rows get the same drawing as plain pixmaps, which Qt paints on its own.
+ROW_ICON_SIZES = (16, 22, 32)
+_row_icons: dict[int, QIcon] = {}
+
+
+def row_icon(icon: QIcon) -> QIcon:
+    """``icon`` as pixmaps drawn once (16, 22 and 32 pixels at the screens' scale)."""
+    key = icon.cacheKey()
+    found = _row_icons.get(key)
+    if found is not None:
+        return found
+    app = QGuiApplication.instance()
+    if not isinstance(app, QGuiApplication):
+        return icon  # no pixmaps without an application (a model used on its own)
+    ratios = {1.0, float(app.devicePixelRatio())}
+    drawn = QIcon()
+    for size in ROW_ICON_SIZES:
+        for ratio in sorted(ratios):
+            drawn.addPixmap(icon.pixmap(QSize(size, size), ratio))
+    _row_icons[key] = drawn
+    return drawn
 
 
 def named_icon(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import (
     QModelIndex,
+    QModelRoleData,
+    QModelRoleDataSpan,
     QObject,
     QPersistentModelIndex,
     QSortFilterProxyModel,
@@ -80,3 +82,16 @@ class SnapshotFilterProxy(QSortFilterProxyModel):
         if not isinstance(model, SnapshotTreeModel):
             return True
         return model.key_at(source_row, source_parent) in self._matches
+
+    def multiData(
+        self,
+        index: QModelIndex | QPersistentModelIndex,
+        roleDataSpan: QModelRoleDataSpan | QModelRoleData,
+    ) -> None:
+        # Qt's proxy asks its source once per role; the snapshot model answers all the
+        # roles of a cell in one call into Python.
+        model = self.sourceModel()
+        if isinstance(model, SnapshotTreeModel):
+            model.multiData(self.mapToSource(index), roleDataSpan)
+        else:
+            super().multiData(index, roleDataSpan)

@@ -14,9 +14,17 @@ size columns.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import cast
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QModelRoleData,
+    QModelRoleDataSpan,
+    QPersistentModelIndex,
+    Qt,
+)
 from PySide6.QtGui import QFont
 
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
@@ -357,6 +365,38 @@ class SnapshotTreeModel(QAbstractItemModel):
             return None
         return self._snapshot_data(snapshot, column, role, loaded)
 
+    def multiData(
+        self, index: ModelIndex, roleDataSpan: QModelRoleDataSpan | QModelRoleData
+    ) -> None:
+        """Every role a view asks for at once (one call into Python per cell painted).
+
+        Qt's default asks :meth:`data` once per role, seven or more times per cell, and
+        each of those calls must win the GIL back from whichever background thread runs
+        Python: while an operation's reload and measurement ran, that made one repaint
+        of the tree cost several times its work.
+        """
+        # Views reuse the span from cell to cell: every role is set or cleared.
+        roles = _role_data(roleDataSpan)
+        node = self._node(index)
+        loaded = self._loaded
+        snapshot = None
+        if node is not None and node.key is not None and node.key != NOW_KEY and loaded:
+            snapshot = loaded.tree.get(node.key)
+        if loaded is None or node is None or (node.key != NOW_KEY and snapshot is None):
+            for role_data in roles:
+                role_data.clearData()
+            return
+        column = index.column()
+        for role_data in roles:
+            if snapshot is None:
+                value = self._now_data(column, role_data.role(), loaded)
+            else:
+                value = self._snapshot_data(snapshot, column, role_data.role(), loaded)
+            if value is None:
+                role_data.clearData()
+            else:
+                role_data.setData(value)
+
     # -- data per kind of row -----------------------------------------------------------
 
     def _snapshot_data(
@@ -384,7 +424,7 @@ class SnapshotTreeModel(QAbstractItemModel):
                 return self._size(snapshot.name, Column(column)).tooltip
             return None
         if role == Qt.ItemDataRole.DecorationRole and column == Column.NAME:
-            return icons.snapshot_icon(snapshot, current=current)
+            return icons.row_icon(icons.snapshot_icon(snapshot, current=current))
         if role == Qt.ItemDataRole.FontRole and current:
             return self._bold
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (
@@ -427,7 +467,7 @@ class SnapshotTreeModel(QAbstractItemModel):
                 return self._size(NOW_KEY, Column.DELTA).tooltip
             return None
         if role == Qt.ItemDataRole.DecorationRole and column == Column.NAME:
-            return icons.now_icon()
+            return icons.row_icon(icons.now_icon())
         if role == Qt.ItemDataRole.FontRole:
             return self._italic
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (
@@ -700,3 +740,10 @@ def _snapshot_tooltip(snapshot: Snapshot, current: bool, tree: SnapshotTree) -> 
     for problem in tree.problems.get(snapshot.name, ()):
         lines.append(f"Note: {problem}")
     return "\n".join(lines)
+
+
+def _role_data(span: QModelRoleDataSpan | QModelRoleData) -> Iterable[QModelRoleData]:
+    """The roles a view asks for (a span iterates; PySide's type hints do not say so)."""
+    if isinstance(span, QModelRoleData):
+        return (span,)
+    return cast("Iterable[QModelRoleData]", span)
