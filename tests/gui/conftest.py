@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QModelRoleData, QModelRoleDataSpan
+from PySide6.QtGui import QIcon
 from pytestqt.qtbot import QtBot
 
 from vmsnapgui.core.snapshot import (
@@ -123,3 +125,39 @@ def loaded_tree(
     tree = SnapshotTree(snapshots, current)
     summary = DomainSummary("vm", uuid, state, snapshot_count=len(tree), current_snapshot=current)
     return DomainSnapshots("test:///hand-made", summary, tree, len(tree))
+
+
+# -- models ---------------------------------------------------------------------------
+
+
+def every_index(model: QAbstractItemModel, parent: QModelIndex | None = None) -> list[QModelIndex]:
+    """Every cell of a model, depth first."""
+    parent = parent or QModelIndex()
+    found = []
+    for row in range(model.rowCount(parent)):
+        for column in range(model.columnCount(parent)):
+            index = model.index(row, column, parent)
+            found.append(index)
+            if column == 0:
+                found.extend(every_index(model, index))
+    return found
+
+
+def assert_every_role_at_once_matches(model: QAbstractItemModel, roles: list[int]) -> None:
+    """``multiData`` answers what ``data`` does, role by role, for every cell.
+
+    The same slots are reused from cell to cell, as views do: a role a cell lacks must
+    be cleared, not left as the previous cell had it.
+    """
+    slots = [QModelRoleData(int(role)) for role in roles]
+    indexes = every_index(model)
+    assert len(indexes) > 5
+    for index in indexes:
+        for role, slot in zip(roles, slots, strict=True):
+            model.multiData(index, QModelRoleDataSpan(slot))
+            expected = model.data(index, role)
+            if isinstance(expected, QIcon):
+                assert isinstance(slot.data(), QIcon)
+                assert slot.data().cacheKey() == expected.cacheKey()
+            else:
+                assert slot.data() == expected, (index.row(), index.column(), role)

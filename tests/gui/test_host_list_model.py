@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QModelIndex
+from PySide6.QtCore import QModelIndex, Qt
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
+from tests.gui.conftest import assert_every_role_at_once_matches
 from vmsnapgui.core.snapshot import DomainState, DomainSummary
 from vmsnapgui.qt.host_list_model import REDRAW_DELAY_MS, HostColumn, HostListModel
 from vmsnapgui.virt.connection import ConnectionState, ConnectionStatus
@@ -77,3 +78,21 @@ def test_changed_rows_are_announced_together_a_few_times_a_second(qtbot: QtBot) 
     with qtbot.waitSignal(model.dataChanged, timeout=REDRAW_DELAY_MS * 4):
         pass
     assert announced == [(1, 3, model.index(0, 0))]
+
+
+def test_all_roles_at_once_answer_what_each_role_does(qtbot: QtBot) -> None:
+    model = HostListModel()
+    first, second = FakeHost("a", ["web", "db"]), FakeHost("b", ["x"])
+    second.status = ConnectionStatus(second.uri, ConnectionState.LOST)
+    first.domains["a-web"] = DomainSummary("web", "a-web", DomainState.RUNNING, snapshot_count=1)
+    for host in (first, second):
+        model.add_host(host)  # type: ignore[arg-type]
+        model.sync_domains(host)  # type: ignore[arg-type]
+    roles = [
+        Qt.ItemDataRole.DisplayRole,
+        Qt.ItemDataRole.DecorationRole,
+        Qt.ItemDataRole.ToolTipRole,
+        Qt.ItemDataRole.TextAlignmentRole,
+        Qt.ItemDataRole.AccessibleTextRole,
+    ]
+    assert_every_role_at_once_matches(model, roles)

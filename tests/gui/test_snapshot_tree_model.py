@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import (
-    QModelIndex,
-    QModelRoleData,
-    QModelRoleDataSpan,
-    QPersistentModelIndex,
-    Qt,
-)
-from PySide6.QtGui import QFont, QIcon
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QFont
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
-from tests.gui.conftest import loaded_tree, snap
+from tests.gui.conftest import assert_every_role_at_once_matches, loaded_tree, snap
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
@@ -262,18 +256,6 @@ def test_a_size_update_names_the_roles_it_changes_and_not_the_filters() -> None:
         assert SnapshotFilterProxy().filterRole() not in roles
 
 
-def every_index(model: object, parent: QModelIndex | None = None) -> list[QModelIndex]:
-    parent = parent or QModelIndex()
-    found = []
-    for row in range(model.rowCount(parent)):  # type: ignore[attr-defined]
-        for column in range(model.columnCount(parent)):  # type: ignore[attr-defined]
-            index = model.index(row, column, parent)  # type: ignore[attr-defined]
-            found.append(index)
-            if column == 0:
-                found.extend(every_index(model, index))
-    return found
-
-
 def test_all_roles_at_once_answer_what_each_role_does_even_when_views_reuse_them(
     qtbot: QtBot,
 ) -> None:
@@ -295,17 +277,4 @@ def test_all_roles_at_once_answer_what_each_role_does_even_when_views_reuse_them
         Role.BAR_FRACTION,
     ]
     for target in (model, proxy):
-        slots = [QModelRoleData(int(role)) for role in roles]
-        indexes = every_index(target)
-        assert len(indexes) > 10
-        for index in indexes:
-            for role, slot in zip(roles, slots, strict=True):
-                target.multiData(index, QModelRoleDataSpan(slot))
-                expected = target.data(index, role)
-                if isinstance(expected, QIcon):
-                    assert isinstance(slot.data(), QIcon)
-                    assert slot.data().cacheKey() == expected.cacheKey()
-                elif isinstance(expected, QFont):
-                    assert slot.data() == expected
-                else:
-                    assert slot.data() == expected, (index.row(), index.column(), role)
+        assert_every_role_at_once_matches(target, roles)

@@ -22,6 +22,8 @@ import enum
 from PySide6.QtCore import (
     QAbstractItemModel,
     QModelIndex,
+    QModelRoleData,
+    QModelRoleDataSpan,
     QObject,
     QPersistentModelIndex,
     Qt,
@@ -41,6 +43,7 @@ from vmsnapgui.qt.display_text import (
     status_text,
 )
 from vmsnapgui.qt.host_connection import HostConnection
+from vmsnapgui.qt.model_roles import answer_roles
 from vmsnapgui.virt.connection import ConnectionState
 
 ModelIndex = QModelIndex | QPersistentModelIndex
@@ -354,6 +357,21 @@ class HostListModel(QAbstractItemModel):
         if isinstance(item, _DomainNode):
             return self._domain_data(item.host_node, item.uuid, index.column(), role)
         return None
+
+    def multiData(
+        self, index: ModelIndex, roleDataSpan: QModelRoleDataSpan | QModelRoleData
+    ) -> None:
+        """Every role of a cell in one call into Python (see model_roles)."""
+        item = self._item(index)
+        column = index.column()
+        if isinstance(item, _HostNode):
+            host = item.host
+            answer_roles(roleDataSpan, lambda role: self._host_data(host, column, role))
+        elif isinstance(item, _DomainNode):
+            node, uuid = item.host_node, item.uuid
+            answer_roles(roleDataSpan, lambda role: self._domain_data(node, uuid, column, role))
+        else:
+            answer_roles(roleDataSpan, lambda role: None)
 
     # -- data ---------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ size columns.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
-from typing import cast
+from collections.abc import Iterator
 
 from PySide6.QtCore import (
     QAbstractItemModel,
@@ -33,6 +32,7 @@ from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.qt import icons
 from vmsnapgui.qt.display_text import SizeText, exact_time, local_time, size_text
+from vmsnapgui.qt.model_roles import answer_roles
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots
 
 # The key of the "Now" row. Snapshot names come from XML, which cannot hold NUL.
@@ -375,27 +375,20 @@ class SnapshotTreeModel(QAbstractItemModel):
         Python: while an operation's reload and measurement ran, that made one repaint
         of the tree cost several times its work.
         """
-        # Views reuse the span from cell to cell: every role is set or cleared.
-        roles = _role_data(roleDataSpan)
         node = self._node(index)
         loaded = self._loaded
-        snapshot = None
-        if node is not None and node.key is not None and node.key != NOW_KEY and loaded:
-            snapshot = loaded.tree.get(node.key)
-        if loaded is None or node is None or (node.key != NOW_KEY and snapshot is None):
-            for role_data in roles:
-                role_data.clearData()
+        if node is None or node.key is None or loaded is None:
+            answer_roles(roleDataSpan, _nothing)
             return
         column = index.column()
-        for role_data in roles:
-            if snapshot is None:
-                value = self._now_data(column, role_data.role(), loaded)
-            else:
-                value = self._snapshot_data(snapshot, column, role_data.role(), loaded)
-            if value is None:
-                role_data.clearData()
-            else:
-                role_data.setData(value)
+        if node.key == NOW_KEY:
+            answer_roles(roleDataSpan, lambda role: self._now_data(column, role, loaded))
+            return
+        snapshot = loaded.tree.get(node.key)
+        if snapshot is None:
+            answer_roles(roleDataSpan, _nothing)
+            return
+        answer_roles(roleDataSpan, lambda role: self._snapshot_data(snapshot, column, role, loaded))
 
     # -- data per kind of row -----------------------------------------------------------
 
@@ -742,8 +735,5 @@ def _snapshot_tooltip(snapshot: Snapshot, current: bool, tree: SnapshotTree) -> 
     return "\n".join(lines)
 
 
-def _role_data(span: QModelRoleDataSpan | QModelRoleData) -> Iterable[QModelRoleData]:
-    """The roles a view asks for (a span iterates; PySide's type hints do not say so)."""
-    if isinstance(span, QModelRoleData):
-        return (span,)
-    return cast("Iterable[QModelRoleData]", span)
+def _nothing(_role: int) -> None:
+    return None
