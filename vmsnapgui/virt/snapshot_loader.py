@@ -57,10 +57,18 @@ class DomainSnapshots:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotSignature:
-    """The cheap fingerprint polling compares: snapshot names and the current one."""
+    """The cheap fingerprint polling compares: how many snapshots, the current one and,
+    when they were listed, their names."""
 
-    names: frozenset[str]
+    count: int
     current: str | None
+    names: frozenset[str] | None = None
+
+    def differs_from(self, other: SnapshotSignature) -> bool:
+        """True when the two say the snapshots changed (names compared when both have them)."""
+        if self.count != other.count or self.current != other.current:
+            return True
+        return self.names is not None and other.names is not None and self.names != other.names
 
 
 class SnapshotLoader:
@@ -137,19 +145,20 @@ class SnapshotLoader:
 
     # -- snapshots -------------------------------------------------------------------
 
-    def signature(self, dom: libvirt.virDomain) -> SnapshotSignature:
+    def signature(self, dom: libvirt.virDomain, *, names: bool = True) -> SnapshotSignature:
         """A few cheap calls that tell whether anything changed since the last load.
 
         Names, not snapshot objects: listing 10,000 snapshots as objects costs this
         process some 25 ms of CPU under the GIL (each object made, named and freed),
-        the names alone about 3 ms. The watcher asks every few seconds for every VM,
-        and the GUI thread competes for the same GIL.
+        the names alone about 3 ms. Without ``names`` only the count is asked for: one
+        number, whatever the number of snapshots.
         """
         try:
-            names = frozenset(dom.snapshotListNames(0))
+            listed = frozenset(dom.snapshotListNames(0)) if names else None
+            count = len(listed) if listed is not None else dom.snapshotNum(0)
         except libvirt.libvirtError as exc:
             raise self._explain(exc, f"listing the snapshots of {dom.name()!r}") from None
-        return SnapshotSignature(names, _current_snapshot_name(dom) if names else None)
+        return SnapshotSignature(count, _current_snapshot_name(dom) if count else None, listed)
 
     def load(
         self, domain: str | libvirt.virDomain, *, refetch_all: bool = False
