@@ -153,11 +153,16 @@ def test_cancelling_a_clone_from_the_panel_leaves_nothing_behind(
     dialog.accept()
     job = last_job(window)
     panel = window.operations_panel
-    qtbot.waitUntil(
-        lambda: panel.cancel_button(job).isEnabled() or job.is_finished, timeout=WAIT_MS
-    )
+
+    def cancellable() -> bool:
+        button = panel.cancel_button(job)  # None once the row has ended
+        return job.is_finished or (button is not None and button.isEnabled())
+
+    qtbot.waitUntil(cancellable, timeout=WAIT_MS)
     assert not job.is_finished, "the copy ended before it could be cancelled"
-    panel.cancel_button(job).click()
+    button = panel.cancel_button(job)
+    assert button is not None
+    button.click()
     qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
     assert job.state is JobState.CANCELLED
     assert sorted(os.listdir(guest.directory)) == before

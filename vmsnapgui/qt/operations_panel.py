@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from PySide6.QtCore import QSize, QTimer, Signal, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -36,8 +36,8 @@ COLUMNS = ("Operation", "VM", "Phase", "Progress", "Elapsed", "Result", "")
 class _Row:
     job: Job
     item: QTreeWidgetItem
-    bar: QProgressBar
-    cancel: QPushButton
+    bar: QProgressBar | None  # None once the job has ended: the row is text only
+    cancel: QPushButton | None
     result_text: str = ""
 
 
@@ -120,6 +120,7 @@ class OperationsPanel(QWidget):
         item.setText(OPERATION, operation)
         item.setText(VM, vm)
         item.setText(PHASE, "Waiting for the VM's earlier operations")
+        item.setTextAlignment(PROGRESS, Qt.AlignmentFlag.AlignCenter)
         self.tree.insertTopLevelItem(0, item)
         bar = QProgressBar()
         _set_bar(bar, 1, 0)
@@ -131,6 +132,10 @@ class OperationsPanel(QWidget):
         cancel.clicked.connect(partial(self._on_cancel_clicked, job.id))
         self.tree.setItemWidget(item, PROGRESS, bar)
         self.tree.setItemWidget(item, ACTION, cancel)
+        # As high as the row's widgets, and so after they have gone: rows stay even.
+        item.setSizeHint(
+            OPERATION, QSize(0, max(bar.sizeHint().height(), cancel.sizeHint().height()))
+        )
         self._rows[job.id] = _Row(job, item, bar, cancel)
         self._ticker.start()
         self._refresh(job)
@@ -141,11 +146,11 @@ class OperationsPanel(QWidget):
         row = self._rows[job.id]
         return {name: row.item.text(index) for index, name in enumerate(COLUMNS) if name}
 
-    def progress_bar(self, job: Job) -> QProgressBar:
-        """The progress bar of a job's row."""
+    def progress_bar(self, job: Job) -> QProgressBar | None:
+        """The progress bar of a job's row (None once the job has ended)."""
         return self._rows[job.id].bar
 
-    def cancel_button(self, job: Job) -> QPushButton:
+    def cancel_button(self, job: Job) -> QPushButton | None:
         """The Cancel button of a job's row."""
         return self._rows[job.id].cancel
 
@@ -188,7 +193,8 @@ class OperationsPanel(QWidget):
         if row is None:
             return
         row.job.cancel()
-        row.cancel.setEnabled(False)
+        if row.cancel is not None:
+            row.cancel.setEnabled(False)
         row.item.setText(PHASE, "Cancelling…")
 
     @Slot(QTreeWidgetItem, QTreeWidgetItem)
@@ -203,6 +209,11 @@ class OperationsPanel(QWidget):
     def _refresh(self, job: Job) -> None:
         row = self._rows[job.id]
         _set_text(row.item, ELAPSED, _elapsed(job))
+        if job.is_finished:
+            self._show_ended(row)
+            return
+        if row.bar is None or row.cancel is None:
+            return
         progress = job.progress
         if job.state is JobState.RUNNING and progress is not None:
             _set_text(row.item, PHASE, progress.phase)
@@ -227,23 +238,32 @@ class OperationsPanel(QWidget):
             _set_text(row.item, PHASE, "Starting")
             _set_format(row.bar, "working…")
             row.cancel.setEnabled(False)
-        if job.is_finished:
-            _set_bar(row.bar, 1, 1 if job.state is JobState.DONE else 0)
-            _set_format(
-                row.bar,
-                {JobState.DONE: "done", JobState.CANCELLED: "cancelled"}.get(job.state, "failed"),
-            )
-            row.cancel.setEnabled(False)
-            row.cancel.hide()
-            _set_text(row.item, PHASE, "")
-            if job.state is JobState.DONE:
-                _set_text(row.item, RESULT, row.result_text or "Done")
-            elif job.state is JobState.CANCELLED:
-                _set_text(row.item, RESULT, job.error.message if job.error else "Cancelled")
-            else:
-                message = job.error.message if job.error else "Failed"
-                _set_text(row.item, RESULT, message)
-                row.item.setToolTip(RESULT, message)
+
+    def _show_ended(self, row: _Row) -> None:
+        """A finished row is text only: its bar and button go.
+
+        Widgets in a list are moved one by one whenever a row is added above them (new
+        operations come first) and each is a window-system object to lay out and paint:
+        after a few dozen operations, every new one cost the window noticeably more.
+        """
+        job = row.job
+        if row.bar is not None:
+            self.tree.removeItemWidget(row.item, PROGRESS)
+            row.bar = None
+        if row.cancel is not None:
+            self.tree.removeItemWidget(row.item, ACTION)
+            row.cancel = None
+        ended = {JobState.DONE: "done", JobState.CANCELLED: "cancelled"}.get(job.state, "failed")
+        _set_text(row.item, PROGRESS, ended)
+        _set_text(row.item, PHASE, "")
+        if job.state is JobState.DONE:
+            _set_text(row.item, RESULT, row.result_text or "Done")
+        elif job.state is JobState.CANCELLED:
+            _set_text(row.item, RESULT, job.error.message if job.error else "Cancelled")
+        else:
+            message = job.error.message if job.error else "Failed"
+            _set_text(row.item, RESULT, message)
+            row.item.setToolTip(RESULT, message)
 
     def set_result_text(self, job: Job, text: str) -> None:
         """What a finished operation achieved ("Snapshot 'x' taken")."""
