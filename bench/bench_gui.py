@@ -336,6 +336,10 @@ def time_window(argv: list[str], title: str, env: dict[str, str], *, fine: bool)
             process.wait()
 
 
+# Medians of `xdotool search --sync` closer than this are a tie (it looks twice a second).
+SYNC_RESOLUTION_S = 0.02
+
+
 def cold_start(runs: int, lab: Path) -> dict[str, object]:
     if not shutil.which("Xvfb") or not shutil.which("xdotool"):
         return {"error": "Xvfb or xdotool is not installed (apt install xvfb xdotool)"}
@@ -526,9 +530,9 @@ def main() -> int:
             lines.append(
                 f"- cold start to a mapped window under Xvfb (`xdotool search --sync`), "
                 f"{args.runs} alternating runs, both on `{lab.name}` (test driver): vmsnapgui "
-                f"median **{median(ours):.2f} s** (min {min(ours, default=float('nan')):.2f}); "
-                f"virt-manager median **{median(theirs):.2f} s** "
-                f"(min {min(theirs, default=float('nan')):.2f})"
+                f"median **{median(ours):.3f} s** (min {min(ours, default=float('nan')):.3f}); "
+                f"virt-manager median **{median(theirs):.3f} s** "
+                f"(min {min(theirs, default=float('nan')):.3f})"
             )
             ours_fine = runs_by_tool["vmsnapgui fine"]
             theirs_fine = runs_by_tool["virt-manager fine"]
@@ -540,12 +544,17 @@ def main() -> int:
                 f"(min {min(theirs_fine, default=float('nan')):.3f})"
             )
             if ours and theirs:
-                ok = median(ours) <= median(theirs) and (
+                # `--sync` looks twice a second, so both tools land on the same look
+                # (0.54 s here) and their medians differ by milliseconds of noise: within
+                # SYNC_RESOLUTION_S they are a tie, and the 10 ms poll decides.
+                ok = median(ours) <= median(theirs) + SYNC_RESOLUTION_S and (
                     not (ours_fine and theirs_fine) or median(ours_fine) <= median(theirs_fine)
                 )
                 failed |= not ok
                 lines.append(
-                    f"- start: {'PASS' if ok else 'FAIL'} (no slower than virt-manager, both ways)"
+                    f"- start: {'PASS' if ok else 'FAIL'} (no slower than virt-manager: "
+                    f"with `--sync` within its {SYNC_RESOLUTION_S * 1000:.0f} ms of noise, "
+                    "and looked for every 10 ms)"
                 )
             for note in result["notes"]:  # type: ignore[union-attr]
                 lines.append(f"- note: {note}")
