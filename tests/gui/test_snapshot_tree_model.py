@@ -125,13 +125,20 @@ def test_a_refresh_applies_only_the_difference_and_keeps_other_rows(
 def test_a_description_change_redraws_its_row() -> None:
     model = SnapshotTreeModel()
     model.set_tree(loaded_tree(WEB, "upgrade"))
+    cell = model.index_of("php").siblingAtColumn(Column.DESCRIPTION)
+    assert cell.data() == "Tried php-fpm"  # shown (and kept) before the change
     changed = []
-    model.dataChanged.connect(lambda first, last: changed.append(first.data(Role.KEY)))
+    # What a view reads when told a row changed is already the new text.
+    model.dataChanged.connect(
+        lambda first, last: changed.append(
+            (first.data(Role.KEY), first.siblingAtColumn(Column.DESCRIPTION).data())
+        )
+    )
     edited = [
         snap("php", "nginx", 4, description="Kept after all") if s.name == "php" else s for s in WEB
     ]
     model.set_tree(loaded_tree(edited, "upgrade"))
-    assert "php" in changed
+    assert ("php", "Kept after all") in changed
     assert model.index_of("php").siblingAtColumn(Column.DESCRIPTION).data() == "Kept after all"
 
 
