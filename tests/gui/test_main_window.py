@@ -20,7 +20,7 @@ from vmsnapgui.core.snapshot_xml import snapshot_request_xml
 from vmsnapgui.qt.app_settings import AppSettings
 from vmsnapgui.qt.host_list_model import HostColumn
 from vmsnapgui.qt.main_window import MainWindow
-from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column
+from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column, Role
 from vmsnapgui.virt.connection import ConnectionState
 
 
@@ -45,13 +45,24 @@ def test_the_first_vm_with_snapshots_is_shown_without_asking(lab_window: MainWin
     assert lab_window.tree_view.selected_key() == "s3-paused"
 
 
+def rows_after(model: object, key: str) -> list[str]:
+    """The keys of the rows below ``key`` at its level, up to the end of its run."""
+    index = model.index_of(key)  # type: ignore[attr-defined]
+    parent = index.parent()
+    keys = []
+    for row in range(index.row() + 1, model.rowCount(parent)):  # type: ignore[attr-defined]
+        keys.append(model.index(row, 0, parent).data(Role.KEY))  # type: ignore[attr-defined]
+    return keys
+
+
 def test_selecting_a_vm_shows_its_tree_with_now_under_the_current_snapshot(
     lab_window: MainWindow, qtbot: QtBot
 ) -> None:
     select_vm(qtbot, lab_window, "web")
     model = lab_window.tree_model
-    now = model.index_of(NOW_KEY)
-    assert now.parent() == model.index_of("before-upgrade")
+    # Now is the row right below the current snapshot (its only child: same column).
+    assert rows_after(model, "before-upgrade") == [NOW_KEY]
+    assert model.index_of(NOW_KEY).parent() == model.index_of("before-upgrade").parent()
     assert model.index_of("before-upgrade").data(Qt.ItemDataRole.FontRole).bold()
     assert lab_window.vm_title.text() == "web — running"
     # Every branch is open.
@@ -152,11 +163,11 @@ def test_snapshots_made_behind_the_apps_back_appear_with_selection_and_expansion
     dom.snapshotCreateXML(snapshot_request_xml("made-by-virsh", "outside"), 0)
     qtbot.waitUntil(lambda: lab_window.tree_model.index_of("made-by-virsh").isValid(), timeout=5000)
     model = lab_window.tree_model
-    assert model.index_of("made-by-virsh").parent() == model.index_of("before-upgrade")
-    assert model.index_of(NOW_KEY).parent() == model.index_of("made-by-virsh")
+    # The new snapshot continues the run below 'before-upgrade', and Now follows it.
+    assert rows_after(model, "before-upgrade") == ["made-by-virsh", NOW_KEY]
     assert view.selected_key() == "tls & certs"
     assert not view.isExpanded(view.view_index("php-experiment"))
-    assert view.isExpanded(view.view_index("made-by-virsh"))
+    assert view.isExpanded(view.view_index("tls & certs"))
 
     dom.snapshotLookupByName("php-tuned", 0).delete(0)
     qtbot.waitUntil(lambda: not model.index_of("php-tuned").isValid(), timeout=5000)

@@ -41,21 +41,42 @@ def rows(model: SnapshotTreeModel) -> list[tuple[int, str]]:
     return result
 
 
-def test_the_tree_shows_branches_with_now_under_the_current_snapshot(
+def test_runs_of_only_children_share_a_column_and_branches_nest(
     qtmodeltester: ModelTester,
 ) -> None:
+    # base -> nginx -> {tls -> upgrade (current) -> Now, php -> tuned}: one level per
+    # snapshot would push a long run's names out of their column.
     model = SnapshotTreeModel()
     model.set_tree(loaded_tree(WEB, "upgrade"))
     qtmodeltester.check(model)
     assert rows(model) == [
         (0, "base"),
-        (1, "nginx"),
-        (2, "tls"),
-        (3, "upgrade"),
-        (4, "Now"),
-        (2, "php"),
-        (3, "tuned"),
+        (0, "nginx"),
+        (1, "tls"),
+        (2, "upgrade"),
+        (2, "Now"),
+        (1, "php"),
+        (2, "tuned"),
     ]
+
+
+def test_a_run_of_a_thousand_snapshots_is_one_level(qtmodeltester: ModelTester) -> None:
+    chain = [snap("s0000", None, 0)]
+    chain += [snap(f"s{i:04d}", f"s{i - 1:04d}", i) for i in range(1, 1000)]
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(chain, "s0999"))
+    assert model.rowCount() == 1001  # every snapshot and Now, at the top level
+    assert model.index(1000, 0).data(Role.KEY) == NOW_KEY
+    # A branch off the middle: from there on its two children nest.
+    model.set_tree(loaded_tree([*chain, snap("side", "s0499", 2000)], "s0999"))
+    qtmodeltester.check(model)
+    assert model.rowCount() == 500
+    branch_point = model.index(499, 0)
+    assert branch_point.data(Role.KEY) == "s0499"
+    heads = [model.index(r, 0, branch_point).data(Role.KEY) for r in range(2)]
+    assert heads == ["s0500", "side"]
+    first = model.index(0, 0, branch_point)
+    assert model.rowCount(first) == 500  # s0501 … s0999 and Now, one level in
 
 
 def test_the_current_snapshot_is_bold_and_now_is_marked(qtmodeltester: ModelTester) -> None:
@@ -69,7 +90,7 @@ def test_the_current_snapshot_is_bold_and_now_is_marked(qtmodeltester: ModelTest
     assert "current snapshot" in current.data(Qt.ItemDataRole.ToolTipRole)
     assert not current.data(Qt.ItemDataRole.DecorationRole).isNull()
     now = model.index_of(NOW_KEY)
-    assert now.parent() == current
+    assert now.parent() == current.parent() and now.row() == current.row() + 1
     assert now.data(Role.IS_NOW) is True
     assert now.siblingAtColumn(Column.DESCRIPTION).data() == "You are here (shut off)"
 
@@ -113,12 +134,12 @@ def test_a_refresh_applies_only_the_difference_and_keeps_other_rows(
     assert kept.isValid() and kept.data() == "tuned"
     assert rows(model) == [
         (0, "base"),
-        (1, "nginx"),
-        (2, "php"),
-        (3, "tuned"),
-        (2, "upgrade"),
-        (3, "new"),
-        (4, "Now"),
+        (0, "nginx"),
+        (1, "php"),
+        (2, "tuned"),
+        (1, "upgrade"),
+        (2, "new"),
+        (2, "Now"),
     ]
 
 
@@ -149,7 +170,7 @@ def test_another_vm_resets_the_model() -> None:
     model.modelReset.connect(lambda: resets.append(1))
     model.set_tree(loaded_tree([snap("x")], "x", uuid="00000000-0000-0000-0000-000000000002"))
     assert resets == [1]
-    assert rows(model) == [(0, "x"), (1, "Now")]
+    assert rows(model) == [(0, "x"), (0, "Now")]
 
 
 def usage(**deltas: int | None) -> DomainUsage:

@@ -241,7 +241,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         if not same_vm:
             self.beginResetModel()
             self._reset_state(loaded)
-            self._build_children(self._root, loaded.tree)
+            self._build_children(self._root, display_layout(loaded.tree))
             self._store_usage(usage, usage_unavailable)
             self.endResetModel()
             return
@@ -543,21 +543,13 @@ class SnapshotTreeModel(QAbstractItemModel):
         self._usage_reason = None
         self._largest_delta = 0
 
-    def _children_keys(self, key: str | None, tree: SnapshotTree) -> list[str]:
-        if key == NOW_KEY:
-            return []
-        children = list(tree.children(key))
-        if key == tree.current:
-            children.append(NOW_KEY)  # also at top level when there is no current one
-        return children
-
-    def _build_children(self, node: _Node, tree: SnapshotTree) -> None:
-        """Give ``node`` its whole subtree from ``tree`` (used for new rows only)."""
+    def _build_children(self, node: _Node, layout: Layout) -> None:
+        """Give ``node`` its whole subtree of rows (used for new rows only)."""
         stack = [node]
         nodes = self._nodes
         while stack:
             parent = stack.pop()
-            keys = self._children_keys(parent.key, tree)
+            keys = layout.get(parent.key, ())
             children = [_Node(key, parent, row) for row, key in enumerate(keys)]
             parent.children = children
             for child in children:
@@ -586,23 +578,22 @@ class SnapshotTreeModel(QAbstractItemModel):
 
     def _apply_diff(self, previous: DomainSnapshots, loaded: DomainSnapshots) -> None:
         new_tree = loaded.tree
+        layout = display_layout(new_tree)
+        row_parent = {key: parent for parent, keys in layout.items() for key in keys}
 
         def new_parent(key: str) -> str | bool | None:
-            # False: the key is gone; otherwise its parent key (None for top level).
-            if key == NOW_KEY:
-                return new_tree.current
-            if key not in new_tree:
-                return False
-            return new_tree.parent(key)
+            # False: the key is gone; otherwise the key of the row it sits under (None
+            # for the top level).
+            return row_parent.get(key, False)
 
         # 1. Remove rows that vanished, moved to another parent or changed order.
         stack = [self._root]
         while stack:
             parent = stack.pop()
             desired = (
-                self._children_keys(parent.key, new_tree)
-                if (parent is self._root or parent.key in new_tree)
-                else []
+                layout.get(parent.key, ())
+                if parent.key in row_parent or (parent is self._root)
+                else ()
             )
             position = {key: i for i, key in enumerate(desired)}
             doomed: list[int] = []
@@ -632,19 +623,19 @@ class SnapshotTreeModel(QAbstractItemModel):
         while stack:
             parent = stack.pop()
             existing_children = list(parent.children)
-            desired = self._children_keys(parent.key, new_tree)
+            desired = layout.get(parent.key, ())
             row = 0
             pending: list[str] = []
             for key in desired:
                 if row < len(parent.children) and parent.children[row].key == key:
                     if pending:
-                        row = self._insert(parent, row, pending, new_tree)
+                        row = self._insert(parent, row, pending, layout)
                         pending = []
                     row += 1
                 else:
                     pending.append(key)
             if pending:
-                self._insert(parent, row, pending, new_tree)
+                self._insert(parent, row, pending, layout)
             stack.extend(existing_children)
 
         # 3. Rows whose content changed: redraw them.
@@ -662,7 +653,7 @@ class SnapshotTreeModel(QAbstractItemModel):
                     self.createIndex(node.row, last_column, node),
                 )
 
-    def _insert(self, parent: _Node, row: int, keys: list[str], tree: SnapshotTree) -> int:
+    def _insert(self, parent: _Node, row: int, keys: list[str], layout: Layout) -> int:
         self.beginInsertRows(self._index_of_node(parent), row, row + len(keys) - 1)
         new_nodes = [_Node(key, parent) for key in keys]
         parent.children[row:row] = new_nodes
@@ -670,7 +661,7 @@ class SnapshotTreeModel(QAbstractItemModel):
             parent.children[position].row = position
         for node in new_nodes:
             self._nodes[node.key] = node  # type: ignore[index]
-            self._build_children(node, tree)
+            self._build_children(node, layout)
         self.endInsertRows()
         return row + len(keys)
 
@@ -756,3 +747,55 @@ def _snapshot_tooltip(snapshot: Snapshot, current: bool, tree: SnapshotTree) -> 
 
 def _nothing(_role: int) -> None:
     return None
+
+
+# The rows under each row (key None: the top level), in order.
+Layout = dict[str | None, list[str]]
+
+
+def _children_of(key: str | None, tree: SnapshotTree) -> list[str]:
+    """A snapshot's children, with Now under the current snapshot (or at the top)."""
+    if key == NOW_KEY:
+        return []
+    children = list(tree.children(key))
+    if key == tree.current:
+        children.append(NOW_KEY)  # also at top level when there is no current one
+    return children
+
+
+def _parent_of(key: str, tree: SnapshotTree) -> str | None:
+    return tree.current if key == NOW_KEY else tree.parent(key)
+
+
+def display_layout(tree: SnapshotTree) -> Layout:
+    """Which rows sit under which: a run of only children is one column of rows.
+
+    Most snapshots are the only child of the one before (take, work, take again).
+    Nested one level per snapshot, a chain of forty pushed the names out of their
+    column, and every repaint walked up forty levels for each row. Here a snapshot
+    whose parent has one child sits below its parent, at the same level; where a
+    snapshot has several children each starts a branch one level in, and the branch
+    continues under its first snapshot.
+    """
+    layout: Layout = {}
+    stack: list[str | None] = [None]
+    while stack:
+        key = stack.pop()
+        children = _children_of(key, tree)
+        if key is not None and len(children) < 2:
+            parent_children = _children_of(_parent_of(key, tree), tree)
+            if len(parent_children) < 2:
+                continue  # in the middle or at the end of a run: no rows under it
+        if len(children) == 1:
+            rows = []
+            follow: str | None = children[0]
+            while follow is not None:
+                rows.append(follow)
+                after = _children_of(follow, tree)
+                follow = after[0] if len(after) == 1 else None
+        else:
+            rows = children
+        if rows:
+            layout[key] = rows
+            stack.extend(rows)
+    return layout
