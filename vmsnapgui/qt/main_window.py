@@ -671,7 +671,6 @@ class MainWindow(QMainWindow):
             self._update_settled()
 
     def _update_details(self) -> None:
-        self._pacer.cancel(DETAILS)  # whoever asked for it is served now
         if self.current is None:
             return
         host = self.current[0]

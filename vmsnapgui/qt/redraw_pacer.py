@@ -64,11 +64,6 @@ class RedrawPacer(QObject):
             return self._redraws[name].due is not None
         return any(redraw.due is not None for redraw in self._redraws.values())
 
-    def cancel(self, name: str) -> None:
-        """Forget a request for ``name`` (its run is no longer wanted)."""
-        self._redraws[name].due = None
-        self._arm()
-
     def worked(self) -> None:
         """Heavy work just ended on the GUI thread: the next redraw waits a breath."""
         self._quiet_from = time.monotonic() + self._breath

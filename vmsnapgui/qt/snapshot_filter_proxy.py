@@ -19,10 +19,10 @@ class SnapshotFilterProxy(QSortFilterProxyModel):
     """Keeps rows whose name or description contains every word typed (any case).
 
     Recursive filtering keeps the rows a match sits under (the branches leading to it),
-    so a match deep in the tree still shows where it sits. Nothing is sorted: the tree's own order is kept. The
-    matches are worked out once per filter text (Qt asks about each row many times
-    while it walks the tree), and size updates do not re-filter: only a new text or a
-    new tree (:meth:`refilter`) does.
+    so a match deep in the tree still shows where it sits. Nothing is sorted: the tree's
+    own order is kept. The matches are worked out once per filter text (Qt asks about
+    each row many times while it walks the tree), and size updates do not re-filter:
+    only a new text or a new tree (:meth:`refilter`) does.
 
     :attr:`filtering_changed` says when the proxy starts or stops hiding rows, so a view
     can read the snapshot model directly while there is nothing to hide.
