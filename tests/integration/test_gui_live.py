@@ -28,10 +28,13 @@ def test_snapshots_changed_by_virsh_show_up_within_five_seconds(
 
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "second", "--description", "by virsh")
     qtbot.waitUntil(lambda: model.index_of("second").isValid(), timeout=LIVE_LIMIT_MS)
-    assert model.index_of(NOW_KEY).parent() == model.index_of("second")
+    # A run of only children: 'second' and then Now right below 'first', same level.
+    assert model.keys() == ["first", "second", NOW_KEY]
+    assert model.index_of(NOW_KEY).parent() == model.index_of("first").parent()
     assert window.tree_view.selected_key() == "first"
 
     virsh(SYSTEM_URI, "snapshot-revert", guest.name, "first")
+    # 'first' now has two children ('second' and Now): they nest under it.
     qtbot.waitUntil(
         lambda: model.index_of(NOW_KEY).parent() == model.index_of("first"), timeout=LIVE_LIMIT_MS
     )
