@@ -28,7 +28,9 @@ def test_what_survives_is_frozen_at_most_once_a_second(fresh_freezer: None) -> N
     assert frozen >= len(kept)
     more = [[n] for n in range(1000)]
     gc_pauses.loaded_data_arrived()
-    assert gc.get_freeze_count() == frozen
+    # Not frozen again: ``more`` is not in the frozen generation. (The count may drop a
+    # little: frozen objects that other tests' threads let go of are freed.)
+    assert gc.get_freeze_count() < frozen + len(more)
     assert len(more) == len(kept)
 
 

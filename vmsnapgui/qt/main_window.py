@@ -82,6 +82,7 @@ from vmsnapgui.qt.snapshot_operations import SnapshotOperations
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, SnapshotTreeModel, UsageState
 from vmsnapgui.qt.snapshot_tree_view import SnapshotTreeView
 from vmsnapgui.qt.status_bar import AppStatusBar
+from vmsnapgui.virt import analysis_process
 from vmsnapgui.virt.connection import ConnectionState
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
 
@@ -161,6 +162,8 @@ class MainWindow(QMainWindow):
         # the GUI thread up to one switch interval per call (5 ms by default), which
         # adds up to visible stalls. A short interval keeps the GUI thread responsive.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        # Local images are analysed in a helper process with a GIL of its own.
+        analysis_process.use_helper_process(True)
         self.settings = settings
         self.runner = runner or JobRunner(self)
         self.runner.set_lane_limit(LOAD_LANE, LOAD_LANE_LIMIT)
@@ -1229,6 +1232,7 @@ class MainWindow(QMainWindow):
         for host in self.hosts:
             host.close()
         self.runner.shutdown(timeout_ms)
+        analysis_process.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_layout()

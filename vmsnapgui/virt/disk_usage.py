@@ -44,6 +44,7 @@ from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
 from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
+from vmsnapgui.virt.analysis_process import analyse_file
 from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
 from vmsnapgui.virt.volume_source import (
@@ -482,7 +483,10 @@ class _Measurement:
             try:
                 if fmt is None and source.read(0, 4) != _QCOW2_MAGIC:
                     return self._raw_layer(key.path, access, kind)
-                usage = analyse(source, self.parents, key.current)
+                if access.local and kind == "file":
+                    usage = analyse_file(key.path, self.parents, key.current)
+                else:
+                    usage = analyse(source, self.parents, key.current)
             finally:
                 close = getattr(source, "close", None)
                 if close is not None:

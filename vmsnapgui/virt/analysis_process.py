@@ -1,0 +1,179 @@
+"""Analysing local qcow2 images in a helper process instead of this one.
+
+The analysis of an image with a few dozen internal snapshots is tens of milliseconds of
+Python and numpy, and in the window it ran on a worker thread holding the GIL the GUI
+thread needs: while an operation's sizes were measured, the window stalled for as long.
+A helper process has a GIL of its own. The window turns this on (:func:`use_helper_process`);
+the command line does not, as starting the helper would cost it more than it saves.
+
+The helper is ``python -m vmsnapgui.virt.analysis_process``: it reads requests from its
+standard input and writes the results to its standard output, one at a time, and ends
+when its input closes (this process quit or died). It is started on first use, kept,
+and started again if it dies. Images that are not local files (storage volumes read
+through libvirt) are analysed here.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from vmsnapgui.core.byte_source import FileByteSource
+from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
+
+_FRAME = struct.Struct("!I")  # each message: its length, then a pickle
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why the helper could not analyse an image (errno set: the file could not be read)."""
+
+    message: str
+    detail: str | None = None
+    errno: int | None = None
+
+
+class _Helper:
+    """One helper process and the lock that keeps its requests one at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def ask(self, request: tuple[Any, ...]) -> object:
+        """Send one request and return the answer (starting the helper if needed)."""
+        with self.lock:
+            process = self.process
+            if process is None or process.poll() is not None:
+                process = self.process = subprocess.Popen(
+                    [sys.executable, "-m", "vmsnapgui.virt.analysis_process"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                _write(process.stdin, request)
+                return _read(process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                self._stop(process)
+                raise BrokenPipeError("the analysis helper ended") from None
+
+    def stop(self) -> None:
+        with self.lock:
+            if self.process is not None:
+                self._stop(self.process)
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> None:
+        if self.process is process:
+            self.process = None
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+_helper = _Helper()
+_enabled = False
+
+
+def use_helper_process(enabled: bool = True) -> None:
+    """Analyse local images in a helper process from now on (or not)."""
+    global _enabled
+    _enabled = enabled
+
+
+def analyse_file(
+    path: str, parents: Mapping[str, str | None] | None, current: str | None
+) -> Qcow2Usage:
+    """``analyse`` of the qcow2 file at ``path``: in the helper process when enabled.
+
+    Raises what :func:`vmsnapgui.core.qcow2.analyse` and opening the file raise
+    (Qcow2Error, OSError), wherever it ran.
+    """
+    if not _enabled:
+        return _analyse_here(path, parents, current)
+    try:
+        outcome = _helper.ask((path, dict(parents or {}), current))
+    except BrokenPipeError:
+        return _analyse_here(path, parents, current)  # the helper died: this once, here
+    if isinstance(outcome, Qcow2Usage):
+        return outcome
+    if not isinstance(outcome, _Failure):
+        raise TypeError(f"unexpected answer from the analysis helper: {outcome!r}")
+    if outcome.errno is None:
+        raise Qcow2Error(outcome.message, detail=outcome.detail)
+    raise OSError(outcome.errno, outcome.message, path)
+
+
+def helper_pid() -> int | None:
+    """The helper's process id, while it runs."""
+    process = _helper.process
+    return process.pid if process is not None and process.poll() is None else None
+
+
+def shutdown() -> None:
+    """Stop the helper (it also ends by itself when this process does)."""
+    _helper.stop()
+
+
+def _analyse_here(
+    path: str, parents: Mapping[str, str | None] | None, current: str | None
+) -> Qcow2Usage:
+    source = FileByteSource(path)
+    try:
+        return analyse(source, parents, current)
+    finally:
+        source.close()
+
+
+def _write(stream: IO[bytes], value: object) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read(stream: IO[bytes]) -> object:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        raise EOFError
+    (length,) = _FRAME.unpack(head)
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The helper's loop: analyse each requested image until the input closes."""
+    while True:
+        try:
+            request = _read(requests)
+        except EOFError:
+            return
+        path: str
+        parents: dict[str, str | None]
+        current: str | None
+        path, parents, current = request  # type: ignore[misc]
+        answer: Qcow2Usage | _Failure
+        try:
+            answer = _analyse_here(path, parents, current)
+        except Qcow2Error as exc:
+            answer = _Failure(exc.message, exc.detail)
+        except OSError as exc:
+            answer = _Failure(exc.strerror or str(exc), errno=exc.errno or 0)
+        _write(answers, answer)
+
+
+if __name__ == "__main__":
+    # Through the module's own name, so what is sent back unpickles on the other side.
+    from vmsnapgui.virt import analysis_process
+
+    analysis_process._serve(sys.stdin.buffer, sys.stdout.buffer)
