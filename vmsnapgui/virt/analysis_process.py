@@ -15,6 +15,7 @@ through libvirt) are analysed here.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 import subprocess
@@ -28,6 +29,7 @@ from vmsnapgui.core.byte_source import FileByteSource
 from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
 
 _FRAME = struct.Struct("!I")  # each message: its length, then a pickle
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,27 @@ class _Failure:
     errno: int | None = None
 
 
+# A helper that dies this many times in a row without answering (it cannot start, or
+# cannot import what it needs) is given up: images are analysed here from then on.
+GIVE_UP_AFTER = 3
+
+
 class _Helper:
     """One helper process and the lock that keeps its requests one at a time."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
+        self.failures = 0
 
     def ask(self, request: tuple[Any, ...]) -> object:
         """Send one request and return the answer (starting the helper if needed)."""
         with self.lock:
             process = self.process
-            if process is None or process.poll() is not None:
+            if process is not None and process.poll() is not None:
+                self._stop(process)  # died since the last request
+                process = None
+            if process is None:
                 process = self.process = subprocess.Popen(
                     [sys.executable, "-m", "vmsnapgui.virt.analysis_process"],
                     stdin=subprocess.PIPE,
@@ -59,10 +70,16 @@ class _Helper:
             assert process.stdin is not None and process.stdout is not None
             try:
                 _write(process.stdin, request)
-                return _read(process.stdout)
+                answer = _read(process.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
                 self._stop(process)
+                self.failures += 1
+                if self.failures >= GIVE_UP_AFTER:
+                    _log.warning("the analysis helper keeps failing; analysing in-process")
+                    use_helper_process(False)
                 raise BrokenPipeError("the analysis helper ended") from None
+            self.failures = 0
+            return answer
 
     def stop(self) -> None:
         with self.lock:
@@ -77,7 +94,10 @@ class _Helper:
         process.wait()
         for stream in (process.stdin, process.stdout):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # unsent bytes to a helper that is gone
 
 
 _helper = _Helper()

@@ -69,3 +69,14 @@ def test_a_helper_that_died_is_replaced(helper: None, image: Path) -> None:
     assert analysis_process.analyse_file(str(image), None, None).snapshots
     second = analysis_process.helper_pid()
     assert second is not None and second != first
+
+
+def test_a_helper_that_cannot_start_is_given_up(
+    helper: None, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    analysis_process.shutdown()
+    monkeypatch.setattr(analysis_process.sys, "executable", "/bin/false")
+    for _ in range(analysis_process.GIVE_UP_AFTER):
+        assert analysis_process.analyse_file(str(image), None, None).snapshots  # here
+    assert analysis_process.helper_pid() is None
+    assert not analysis_process._enabled  # no more attempts to start it
