@@ -43,7 +43,7 @@ from vmsnapgui.qt.display_text import (
     status_text,
 )
 from vmsnapgui.qt.host_connection import HostConnection
-from vmsnapgui.qt.model_roles import answer_roles
+from vmsnapgui.qt.model_roles import answer_roles, no_value
 from vmsnapgui.virt.connection import ConnectionState
 
 ModelIndex = QModelIndex | QPersistentModelIndex
@@ -371,7 +371,7 @@ class HostListModel(QAbstractItemModel):
             node, uuid = item.host_node, item.uuid
             answer_roles(roleDataSpan, lambda role: self._domain_data(node, uuid, column, role))
         else:
-            answer_roles(roleDataSpan, lambda role: None)
+            answer_roles(roleDataSpan, no_value)
 
     # -- data ---------------------------------------------------------------------------
 

@@ -29,3 +29,8 @@ def answer_roles(
             slot.clearData()
         else:
             slot.setData(value)
+
+
+def no_value(_role: int) -> None:
+    """For :func:`answer_roles` on a cell that has nothing to show: every role cleared."""
+    return None

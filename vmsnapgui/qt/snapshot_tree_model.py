@@ -32,7 +32,7 @@ from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.qt import icons
 from vmsnapgui.qt.display_text import SizeText, exact_time, local_time, size_text
-from vmsnapgui.qt.model_roles import answer_roles
+from vmsnapgui.qt.model_roles import answer_roles, no_value
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots
 
 # The key of the "Now" row. Snapshot names come from XML, which cannot hold NUL.
@@ -377,7 +377,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         """
         node = self._node(index)
         if node is None or node.key is None or self._loaded is None:
-            answer_roles(roleDataSpan, _nothing)
+            answer_roles(roleDataSpan, no_value)
             return
         key, column = node.key, index.column()
         answer_roles(roleDataSpan, lambda role: self._cell_value(key, column, role))
@@ -743,10 +743,6 @@ def _snapshot_tooltip(snapshot: Snapshot, current: bool, tree: SnapshotTree) -> 
     for problem in tree.problems.get(snapshot.name, ()):
         lines.append(f"Note: {problem}")
     return "\n".join(lines)
-
-
-def _nothing(_role: int) -> None:
-    return None
 
 
 # The rows under each row (key None: the top level), in order.
