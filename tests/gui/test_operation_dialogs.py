@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -231,6 +233,26 @@ def test_the_panel_shows_progress_and_cancels_what_can_be_cancelled(qtbot: QtBot
     qtbot.waitUntil(lambda: job.is_finished, timeout=5000)
     assert job.state is JobState.CANCELLED
     assert panel.row_text(job)["Result"] == "Cancelled; nothing was changed."
+    runner.shutdown()
+
+
+def test_a_rows_cancel_button_does_not_keep_the_panel_alive(qtbot: QtBot) -> None:
+    # The button's connection once held the panel: the button, deleted after its row
+    # ended, then let go of the last reference to the panel, whose deletion deleted the
+    # button a second time (a crash).
+    runner = JobRunner()
+    release = threading.Event()
+    job = runner.submit(lambda progress, cancel: release.wait(10), key="vm", description="Wait")
+    panel = OperationsPanel(runner)
+    panel.track(job, "Wait on 'web'", "web")
+    button = panel.cancel_button(job)
+    assert button is not None
+    alive = weakref.ref(panel)
+    del panel, button
+    gc.collect()
+    assert alive() is None
+    release.set()
+    qtbot.waitUntil(lambda: job.is_finished, timeout=5000)
     runner.shutdown()
 
 

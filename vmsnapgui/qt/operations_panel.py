@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
@@ -129,7 +128,11 @@ class OperationsPanel(QWidget):
         cancel = QPushButton("Cancel")
         cancel.setAccessibleName(f"Cancel {operation}")
         cancel.setEnabled(job.state is JobState.QUEUED)
-        cancel.clicked.connect(partial(self._on_cancel_clicked, job.id))
+        # A bound slot, not a partial: a partial would hold the panel until the button
+        # goes, and a button deleted after its row ended could then take the last
+        # reference to a panel that nothing else keeps, and the panel, deleting its
+        # children, would delete the button a second time (a crash seen in tests).
+        cancel.clicked.connect(self._on_cancel_clicked)
         self.tree.setItemWidget(item, PROGRESS, bar)
         self.tree.setItemWidget(item, ACTION, cancel)
         # As high as the row's widgets, and so after they have gone: rows stay even.
@@ -188,8 +191,10 @@ class OperationsPanel(QWidget):
         if not running:
             self._ticker.stop()
 
-    def _on_cancel_clicked(self, job_id: int) -> None:
-        row = self._rows.get(job_id)
+    @Slot()
+    def _on_cancel_clicked(self) -> None:
+        button = self.sender()
+        row = next((row for row in self._rows.values() if row.cancel is button), None)
         if row is None:
             return
         row.job.cancel()
