@@ -62,7 +62,7 @@ def test_screenshot_exits_1_when_what_was_asked_for_did_not_load(
         "--select",
         "nosuch",
     )
-    assert missing_vm.returncode == 1
+    assert missing_vm.returncode == 1, missing_vm.stderr
     assert "there is no virtual machine called 'nosuch'" in missing_vm.stderr
     failed = run_app(
         tmp_path,
@@ -71,7 +71,7 @@ def test_screenshot_exits_1_when_what_was_asked_for_did_not_load(
         "--screenshot",
         str(tmp_path / "b.png"),
     )
-    assert failed.returncode == 1
+    assert failed.returncode == 1, failed.stderr
     assert "refused" in failed.stderr
     assert (tmp_path / "b.png").exists()  # the failure is on the picture too
 

@@ -1,13 +1,15 @@
 """``vmsnapgui``: start-up, argument parsing and the Qt application object.
 
 Start-up stays light: Qt widgets and the window come first; libvirt connections open
-in the background; pyqtgraph (and numpy) are imported on a thread after the window has
+in the background; pyqtgraph (and numpy) are imported in slices after the window has
 shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import os
 import shutil
 import sys
@@ -97,6 +99,10 @@ def run(
     selection: tuple[str, str | None] | None = None,
 ) -> int:
     """Create the application and the window, open the connections and run."""
+    # A crash (ours or a library's) leaves every thread's Python stack on stderr, so a
+    # bug report says where it happened.
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        faulthandler.enable()
     if screenshot is not None and not (
         os.environ.get("QT_QPA_PLATFORM")
         or os.environ.get("DISPLAY")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -24,7 +23,6 @@ from PySide6.QtCore import (
     QByteArray,
     QItemSelection,
     QModelIndex,
-    QObject,
     QPoint,
     Qt,
     QTimer,
@@ -77,6 +75,7 @@ from vmsnapgui.qt.local_hypervisors import LOCAL_URIS, ProbeResult, probe_local_
 from vmsnapgui.qt.message_bar import MessageBar
 from vmsnapgui.qt.operations_panel import OperationsPanel
 from vmsnapgui.qt.redraw_pacer import RedrawPacer
+from vmsnapgui.qt.sliced_import import SlicedImport
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_operations import SnapshotOperations
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, SnapshotTreeModel, UsageState
@@ -86,7 +85,7 @@ from vmsnapgui.virt import analysis_process
 from vmsnapgui.virt.connection import ConnectionState
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
 
-if TYPE_CHECKING:  # pyqtgraph is imported on a thread after the window shows
+if TYPE_CHECKING:  # pyqtgraph is imported in slices after the window shows
     from vmsnapgui.qt.usage_charts import UsageCharts
 
 _log = logging.getLogger(__name__)
@@ -115,6 +114,10 @@ GC_SHORTEST_WAIT_S = 60
 GC_LONGEST_WAIT_S = 300
 
 PAGE_WELCOME, PAGE_HOST, PAGE_TREE = range(3)
+# The charts (pyqtgraph, numpy) are imported on the GUI thread in slices once the window
+# shows (see sliced_import); pyqtgraph reads every name of these Qt modules.
+CHARTS_MODULE = "vmsnapgui.qt.usage_charts"
+CHARTS_QT_MODULES = ("PySide6.QtCore", "PySide6.QtGui", "PySide6.QtWidgets")
 
 
 def save_description(
@@ -124,23 +127,6 @@ def save_description(
     from vmsnapgui.virt.operations import set_description
 
     set_description(loader, uuid, snapshot, text or None)
-
-
-class _ChartsImporter(QObject):
-    """Imports pyqtgraph (slow: numpy and friends) on a thread, then reports back."""
-
-    imported = Signal(bool, str)
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="import-charts", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            import vmsnapgui.qt.usage_charts  # noqa: F401
-        except Exception as exc:  # no pyqtgraph: the window still works without charts
-            self.imported.emit(False, f"Charts are not available: {exc}")
-        else:
-            self.imported.emit(True, "")
 
 
 class MainWindow(QMainWindow):
@@ -176,7 +162,7 @@ class MainWindow(QMainWindow):
         self.charts: UsageCharts | None = None  # once pyqtgraph is imported
         self.charts_error: str | None = None
         self._charts_wanted = charts
-        self._charts_importer: _ChartsImporter | None = None
+        self._charts_importer: SlicedImport | None = None
         self._probing = False
         self._probe_failures: tuple[tuple[str, str], ...] = ()
         self._live_xml_jobs: dict[str, Job] = {}
@@ -879,15 +865,15 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _import_charts(self) -> None:
-        self._charts_importer = _ChartsImporter(self)
-        self._charts_importer.imported.connect(self._on_charts_imported)
+        self._charts_importer = SlicedImport(CHARTS_MODULE, CHARTS_QT_MODULES, self)
+        self._charts_importer.finished.connect(self._on_charts_imported)
         self._charts_importer.start()
 
     @Slot(bool, str)
     def _on_charts_imported(self, ok: bool, error: str) -> None:
         if not ok:
-            self.charts_error = error
-            self.charts_placeholder.setText(error)
+            self.charts_error = f"Charts are not available: {error}"
+            self.charts_placeholder.setText(self.charts_error)
             self._update_settled()
             QTimer.singleShot(0, self._warm_up_tree_page)
             return
