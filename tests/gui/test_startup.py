@@ -108,3 +108,22 @@ def test_with_nothing_configured_the_first_local_hypervisor_that_answers_is_used
     qtbot.waitUntil(lambda: len(window.hosts) == 1 and window.is_settled(), timeout=LOAD_TIMEOUT_MS)
     assert window.hosts[0].uri == lab_uri
     assert settings.connections() == [lab_uri]
+
+
+def test_the_window_starts_without_numpy_or_pyqtgraph() -> None:
+    # Heavy modules are loaded when first needed: numpy and pyqtgraph once the window
+    # shows (charts) or an image is analysed, not before the first window.
+    probe = (
+        "import sys\n"
+        "import vmsnapgui.qt.app, vmsnapgui.qt.main_window\n"
+        "print(sorted({'numpy', 'pyqtgraph'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

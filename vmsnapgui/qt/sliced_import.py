@@ -9,8 +9,10 @@ died with SIGSEGV in ``PySide::MetaObjectBuilder::update()`` in about one start 
 while pyqtgraph, which reads every name of QtCore, QtGui and QtWidgets and defines dozens
 of subclasses, was imported on a thread. So every Qt type is made on the GUI thread.
 
-Why in slices: the import costs the GUI thread some 250 ms (a tenth of it numpy, half of
-it creating Qt classes), and the window must not freeze for that long while hosts load.
+Why in slices: the import costs the GUI thread some 250 ms (numpy a third of it, creating
+Qt classes about half), and the window must not freeze for that long while hosts load.
+(numpy could be imported on a thread, as it makes no Qt types, but its extension
+modules hold the GIL for tens of milliseconds at a time: the GUI thread stalled longer.)
 
 1. The Qt modules the package uses are imported, and their classes created by reading
    every name, a few milliseconds' worth per turn of the event loop.

@@ -23,10 +23,15 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from vmsnapgui.core.byte_source import FileByteSource
-from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
+if TYPE_CHECKING:
+    from vmsnapgui.core.qcow2 import Qcow2Usage
+
+# vmsnapgui.core.qcow2 (and with it numpy, some 90 ms) is imported when the first image
+# is analysed, not when the window that enables the helper starts: that import was a
+# sixth of the time to the first window. (The window imports numpy for its charts soon
+# after it shows; whichever import comes second waits for the first.)
 
 _FRAME = struct.Struct("!I")  # each message: its length, then a pickle
 _log = logging.getLogger(__name__)
@@ -118,6 +123,8 @@ def analyse_file(
     Raises what :func:`vmsnapgui.core.qcow2.analyse` and opening the file raise
     (Qcow2Error, OSError), wherever it ran.
     """
+    from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage
+
     if not _enabled:
         return _analyse_here(path, parents, current)
     try:
@@ -147,6 +154,9 @@ def shutdown() -> None:
 def _analyse_here(
     path: str, parents: Mapping[str, str | None] | None, current: str | None
 ) -> Qcow2Usage:
+    from vmsnapgui.core.byte_source import FileByteSource
+    from vmsnapgui.core.qcow2 import analyse
+
     source = FileByteSource(path)
     try:
         return analyse(source, parents, current)
@@ -173,6 +183,8 @@ def _read(stream: IO[bytes]) -> object:
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """The helper's loop: analyse each requested image until the input closes."""
+    from vmsnapgui.core.qcow2 import Qcow2Error
+
     while True:
         try:
             request = _read(requests)
