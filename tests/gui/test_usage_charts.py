@@ -107,6 +107,17 @@ def test_without_sizes_the_chart_says_why(qtbot: QtBot) -> None:
     charts.set_data(["a", NOW_KEY], tree, None, unavailable="Sizes are not available: no engine")
     assert charts.bars_message.textItem.toPlainText() == "Sizes are not available: no engine"
     assert bar_values(["a"], None) == ([0.0], [0.0])
+    # In the middle of the bars' new range, not of the one before (it was cut off at
+    # the left edge once the range grew with the snapshots).
+    many = loaded_tree([snap("a"), snap("b", "a"), snap("c", "b")], "c").tree
+    charts.set_data(["a", "b", "c", NOW_KEY], many, None, unavailable="No engine")
+    (x0, x1), (y0, y1) = charts.bars_plot.getViewBox().viewRange()
+    assert (x0, x1) == (-0.6, 3.6)
+    position = charts.bars_message.pos()
+    assert (position.x(), position.y()) == ((x0 + x1) / 2, (y0 + y1) / 2)
+    # Nothing measured draws no growth line (a flat one would claim zero bytes).
+    _x, y = charts.growth_curve.getData()
+    assert y is None or len(y) == 0
 
 
 def test_the_byte_axis_reads_in_binary_units() -> None:

@@ -341,6 +341,10 @@ class UsageCharts(QWidget):
             self.now_bar.setOpts(x=[], height=[])
         self._update_ticks()
         self._update_selection()
+        top = float((disk + memory).max()) if len(self._keys) else 0.0
+        self.bars_plot.setXRange(-0.6, max(len(self._keys), 1) - 0.4, padding=0)
+        self.bars_plot.setYRange(0, top * 1.08 if top > 0 else 1.0, padding=0)
+        # After the new ranges: the message goes in the middle of what will be shown.
         if unavailable is not None:
             self._set_message(unavailable)
         elif usage is None:
@@ -352,9 +356,6 @@ class UsageCharts(QWidget):
             self._set_message("No size is known (the tooltips in the tree say why)")
         else:
             self._set_message("")
-        top = float((disk + memory).max()) if len(self._keys) else 0.0
-        self.bars_plot.setXRange(-0.6, max(len(self._keys), 1) - 0.4, padding=0)
-        self.bars_plot.setYRange(0, top * 1.08 if top > 0 else 1.0, padding=0)
         self._update_growth(tree, usage)
         self._settle_views()
 
@@ -413,7 +414,10 @@ class UsageCharts(QWidget):
         self.selection_bar.setOpts(x=[float(i)], height=[max(height, top * 0.01)])
 
     def _update_growth(self, tree: SnapshotTree, usage: DomainUsage | None) -> None:
-        times, totals = growth_points(tree, usage)
+        if usage is not None and _any_known(usage):
+            times, totals = growth_points(tree, usage)
+        else:
+            times, totals = [], []  # nothing measured: no line (a flat one would say zero)
         if times:
             times.append(time.time())
             totals.append(totals[-1])
