@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QModelRoleData, QModelRoleDataSpan
-from PySide6.QtGui import QIcon
+from PySide6.QtGui import QIcon, QPixmap
 from pytestqt.qtbot import QtBot
 
 from vmsnapgui.core.snapshot import (
@@ -156,8 +156,8 @@ def assert_every_role_at_once_matches(model: QAbstractItemModel, roles: list[int
         for role, slot in zip(roles, slots, strict=True):
             model.multiData(index, QModelRoleDataSpan(slot))
             expected = model.data(index, role)
-            if isinstance(expected, QIcon):
-                assert isinstance(slot.data(), QIcon)
+            if isinstance(expected, QIcon | QPixmap):
+                assert isinstance(slot.data(), type(expected))
                 assert slot.data().cacheKey() == expected.cacheKey()
             else:
                 assert slot.data() == expected, (index.row(), index.column(), role)

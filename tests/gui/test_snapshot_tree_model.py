@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QGuiApplication, QIcon, QPalette, QPixmap
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
 from tests.gui.conftest import assert_every_role_at_once_matches, loaded_tree, snap
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
+from vmsnapgui.qt import size_bar
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY, Column, Role, SnapshotTreeModel
 
@@ -204,6 +205,40 @@ def test_the_size_bar_is_proportional_to_the_largest_delta_of_the_vm() -> None:
     bar = model.index_of("php").siblingAtColumn(Column.DELTA).data(Role.BAR_FRACTION)
     assert bar == 0.5
     assert model.index_of("base").siblingAtColumn(Column.DELTA).data(Role.BAR_FRACTION) == 1.0
+
+
+def test_the_size_bar_is_a_picture_qt_paints_as_the_delta_cells_decoration(
+    qtbot: QtBot,
+) -> None:
+    model = SnapshotTreeModel()
+    model.set_tree(loaded_tree(WEB, "upgrade"))
+    model.set_usage(
+        usage(base=4 * MIB, nginx=MIB, tls=0, php=2 * MIB, upgrade=0, tuned=MIB, now=MIB)
+    )
+
+    highlight = QGuiApplication.palette().color(QPalette.ColorRole.Highlight).rgb()
+
+    def filled_along(key: str) -> list[bool]:
+        """Whether each pixel across the middle of the bar is in the bar's colour."""
+        pixmap = (
+            model.index_of(key).siblingAtColumn(Column.DELTA).data(Qt.ItemDataRole.DecorationRole)
+        )
+        assert isinstance(pixmap, QPixmap)
+        image = pixmap.toImage()
+        middle = image.height() // 2
+        return [image.pixelColor(x, middle).rgb() == highlight for x in range(image.width())]
+
+    half = filled_along("php")  # 2 of the largest 4 MiB
+    assert len(half) == size_bar.BAR_WIDTH
+    filled = [x for x, inside in enumerate(half) if inside]
+    assert filled[0] <= 2 and abs(len(filled) - size_bar.BAR_WIDTH / 2) <= 3
+    assert all(filled_along("base")[2:-2])  # the largest: full
+    assert not any(filled_along("tls"))  # nothing written
+    # Unknown sizes have no bar at all; the Name column keeps its icon.
+    model.set_usage(DomainUsage("vm", (SnapshotUsage("base", None, note="why"),), None))
+    base = model.index_of("base")
+    assert base.siblingAtColumn(Column.DELTA).data(Qt.ItemDataRole.DecorationRole) is None
+    assert isinstance(base.data(Qt.ItemDataRole.DecorationRole), QIcon)
 
 
 def test_approximate_sizes_are_marked_and_missing_ones_say_why() -> None:

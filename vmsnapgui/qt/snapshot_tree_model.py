@@ -30,7 +30,7 @@ from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot import DomainSummary, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
-from vmsnapgui.qt import icons
+from vmsnapgui.qt import icons, size_bar
 from vmsnapgui.qt.display_text import SizeText, exact_time, local_time, size_text
 from vmsnapgui.qt.model_roles import answer_roles, no_value
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots
@@ -86,8 +86,14 @@ class Role(enum.IntEnum):
 SIZE_ROLES = (
     int(Qt.ItemDataRole.DisplayRole),
     int(Qt.ItemDataRole.ToolTipRole),
+    int(Qt.ItemDataRole.DecorationRole),  # the Delta column's bar
     int(Role.BAR_FRACTION),
 )
+
+
+def _bar(fraction: float | None) -> object:
+    """The Delta cell's bar (see size_bar), or nothing when the delta is not known."""
+    return None if fraction is None else size_bar.bar_pixmap(fraction)
 
 
 class _Node:
@@ -449,6 +455,8 @@ class SnapshotTreeModel(QAbstractItemModel):
             return False
         if role == Role.BAR_FRACTION and column == Column.DELTA:
             return self._bar_fraction(self._usage.get(snapshot.name))
+        if role == Qt.ItemDataRole.DecorationRole and column == Column.DELTA:
+            return _bar(self._bar_fraction(self._usage.get(snapshot.name)))
         if role == Role.FILTER_TEXT:
             return f"{snapshot.name}\n{snapshot.description or ''}".casefold()
         if role == Qt.ItemDataRole.AccessibleTextRole and column == Column.NAME:
@@ -492,6 +500,8 @@ class SnapshotTreeModel(QAbstractItemModel):
             return True
         if role == Role.BAR_FRACTION and column == Column.DELTA:
             return self._bar_fraction(self._now_usage)
+        if role == Qt.ItemDataRole.DecorationRole and column == Column.DELTA:
+            return _bar(self._bar_fraction(self._now_usage))
         if role == Role.FILTER_TEXT:
             return NOW_LABEL.casefold()
         if role == Qt.ItemDataRole.AccessibleTextRole and column == Column.NAME:

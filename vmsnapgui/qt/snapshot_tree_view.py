@@ -13,7 +13,6 @@ from PySide6.QtCore import (
 )
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeView, QWidget
 
-from vmsnapgui.qt.size_bar_delegate import SizeBarDelegate
 from vmsnapgui.qt.snapshot_filter_proxy import SnapshotFilterProxy
 from vmsnapgui.qt.snapshot_tree_model import Column, Role, SnapshotTreeModel
 
@@ -22,7 +21,7 @@ EXPAND_ALL_LIMIT = 3000
 DEFAULT_WIDTHS = {
     Column.NAME: 250,
     Column.CREATED: 145,
-    Column.DELTA: 110,
+    Column.DELTA: 120,  # the bar (size_bar) and the size
     Column.EXCLUSIVE: 90,
 }
 
@@ -57,8 +56,6 @@ class SnapshotTreeView(QTreeView):
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.setExpandsOnDoubleClick(True)
-        self._delegate = SizeBarDelegate(self)
-        self.setItemDelegateForColumn(Column.DELTA, self._delegate)
         self._collapsed: dict[object, set[str]] = {}
         self._vm: object = None
         self._restoring = False
