@@ -3,7 +3,8 @@
 The bar is the cell's decoration, a pixmap drawn once per length, so Qt paints it
 without calling into Python. (It used to be drawn by a delegate written in Python:
 some 25 calls into Python per row painted, each waiting for the GIL while background
-threads ran Python, a third of the cost of repainting the tree after an operation.)
+threads ran Python; a screenful of rows repainted in 13.0 ms then, 11.4 ms now, and in
+29.3 against 25.9 ms with another thread running Python.)
 """
 
 from __future__ import annotations
