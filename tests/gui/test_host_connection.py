@@ -62,3 +62,33 @@ def test_a_refresh_that_finds_nothing_new_changes_nothing_shown(
     qtbot.waitUntil(lambda: len(announced) == 1, timeout=5000)
     assert host.trees[uuid] is not shown
     assert "edited elsewhere" in (host.trees[uuid].tree["base"].description or "")
+
+
+def test_sizes_are_measured_after_the_new_tree_has_had_time_to_paint(
+    lab_window: MainWindow, qtbot: QtBot
+) -> None:
+    import time
+
+    from vmsnapgui.qt.host_connection import USAGE_AFTER_TREE_MS
+
+    host = lab_host(lab_window)
+    uuid = next(u for u, summary in host.domains.items() if summary.name == "web")
+    moments: dict[str, float] = {}
+    host.tree_loaded.connect(lambda loaded: moments.setdefault("tree", time.monotonic()))
+    lab_window.runner.job_started.connect(
+        lambda job: (
+            job.description.startswith("Measuring the snapshots of web")
+            and moments.setdefault("measuring", time.monotonic())
+        )
+    )
+    dom = host.connection.conn.lookupByUUIDString(uuid)
+    dom.snapshotCreateXML("<domainsnapshot><name>later</name></domainsnapshot>", 0)
+    job = host.load_tree(uuid)  # a new snapshot: a new shape, measured again
+    assert job is not None
+    qtbot.waitUntil(lambda: "tree" in moments, timeout=5000)
+    # Not settled meanwhile: the measurement counts as pending from the start.
+    assert not host.is_settled
+    qtbot.waitUntil(lambda: "measuring" in moments, timeout=5000)
+    assert moments["measuring"] - moments["tree"] >= USAGE_AFTER_TREE_MS / 1000 * 0.9
+    qtbot.waitUntil(lambda: host.is_settled, timeout=5000)
+    assert uuid in host.usages

@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.errors import UserError
@@ -47,6 +48,10 @@ WATCH_INTERVAL = 2.0
 IN_PROCESS_FETCH_THREADS = 1
 POLL_THREADS = 4
 IN_PROCESS_POLL_THREADS = 1
+# A VM's sizes are measured this long after its new tree arrived: the measurement's
+# Python (libvirt calls, XML, the analysis's bookkeeping) then no longer competes for
+# the GIL with the repaint of the tree it follows.
+USAGE_AFTER_TREE_MS = 40
 # VMs with more snapshots than this load through a loader (and thread pool) of their
 # own, so fetching ten thousand snapshot XMLs never queues ahead of a small VM's refresh.
 BULK_SNAPSHOTS = 200
@@ -268,12 +273,26 @@ class HostConnection(QObject):
     def _priority_of(self, uuid: str, priority: int) -> int:
         return max(priority, SELECTED_PRIORITY) if uuid == self._focus else priority
 
-    def measure_usage(self, uuid: str) -> None:
-        """Measure the disk space of one VM's snapshots (after its tree is loaded)."""
-        loaded = self.trees.get(uuid)
-        if loaded is None or not self._alive:
+    def measure_usage(self, uuid: str, *, after_ms: int = 0) -> None:
+        """Measure the disk space of one VM's snapshots (after its tree is loaded).
+
+        ``after_ms``: start the measurement that much later (it counts as pending at
+        once, so nothing looks settled meanwhile).
+        """
+        if self.trees.get(uuid) is None or not self._alive:
             return
         self._mark_pending("usage", uuid)
+        if after_ms > 0:
+            QTimer.singleShot(after_ms, self, partial(self._submit_usage, uuid))
+        else:
+            self._submit_usage(uuid)
+
+    def _submit_usage(self, uuid: str) -> None:
+        loaded = self.trees.get(uuid)
+        if loaded is None or not self._alive:
+            self._clear_pending("usage", uuid)
+            self._update_settled()
+            return
         self._runner.submit(
             self._usage_job_for(loaded),
             key=("usage", self.entry, uuid),
@@ -512,7 +531,7 @@ class HostConnection(QObject):
         gc_pauses.loaded_data_arrived()
         self.tree_loaded.emit(loaded)
         if previous is None or _shape(previous) != _shape(loaded) or uuid not in self.usages:
-            self.measure_usage(uuid)
+            self.measure_usage(uuid, after_ms=USAGE_AFTER_TREE_MS)
         self._update_settled()
 
     def _tree_failed_for(self, uuid: str) -> Callable[[UserError], None]:
