@@ -7,7 +7,12 @@ from PySide6.QtGui import QFont, QGuiApplication, QIcon, QPalette, QPixmap
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
-from tests.gui.conftest import assert_every_role_at_once_matches, loaded_tree, snap
+from tests.gui.conftest import (
+    assert_every_role_at_once_matches,
+    every_index,
+    loaded_tree,
+    snap,
+)
 from vmsnapgui.core.disk_usage import DomainUsage, SnapshotUsage
 from vmsnapgui.core.snapshot import DomainState, MemoryKind
 from vmsnapgui.qt import size_bar
@@ -341,3 +346,61 @@ def test_all_roles_at_once_answer_what_each_role_does_even_when_views_reuse_them
     ]
     for target in (model, proxy):
         assert_every_role_at_once_matches(target, roles)
+
+
+def test_after_each_change_of_the_tree_every_cell_reads_as_in_a_model_built_afresh(
+    qtbot: QtBot,
+) -> None:
+    # Cells the new tree does not change keep their worked-out values; the others must
+    # not keep stale ones (a revert moves the bold font, the icon and Now; an edit
+    # changes a description; a new snapshot changes the largest delta and its bars).
+    roles = [
+        Qt.ItemDataRole.DisplayRole,
+        Qt.ItemDataRole.DecorationRole,
+        Qt.ItemDataRole.ToolTipRole,
+        Qt.ItemDataRole.FontRole,
+        Qt.ItemDataRole.TextAlignmentRole,
+        Qt.ItemDataRole.AccessibleTextRole,
+        Role.KEY,
+        Role.IS_NOW,
+        Role.BAR_FRACTION,
+        Role.FILTER_TEXT,
+    ]
+    sizes = usage(base=4 * MIB, nginx=MIB, tls=0, php=2 * MIB, upgrade=0, tuned=MIB, now=MIB)
+    edited = [s if s.name != "php" else snap("php", "nginx", 4, description="kept") for s in WEB]
+    steps = [
+        loaded_tree(WEB, "upgrade"),
+        loaded_tree(WEB, "tuned"),  # a revert
+        loaded_tree(list(WEB), "tuned"),  # a reload that finds the same
+        loaded_tree(edited, "tuned"),  # a description edited elsewhere
+        loaded_tree([*edited, snap("big", "tuned", 7)], "big"),  # a new snapshot
+        loaded_tree(WEB, "base"),  # it was deleted; another revert
+    ]
+    model = SnapshotTreeModel()
+    model.set_tree(steps[0], usage=sizes)
+
+    def every_value(target: SnapshotTreeModel) -> dict[tuple[str, int, int], object]:
+        values = {}
+        for index in every_index(target):
+            key = target.key_of(index)
+            for role in roles:
+                value = target.data(index, role)
+                if isinstance(value, QIcon | QPixmap):
+                    value = ("picture", value.cacheKey())
+                elif isinstance(value, QFont):
+                    value = value.toString()
+                values[(str(key), index.column(), int(role))] = value
+        return values
+
+    for step in steps[1:]:
+        every_value(model)  # everything worked out (and cached) before the change
+        model.set_tree(step)
+        # The same tree and the sizes that still hold, given to a new model.
+        shown = model.keys()
+        kept = tuple(
+            found for key in shown if key != NOW_KEY and (found := model.usage_of(key)) is not None
+        )
+        afresh = SnapshotTreeModel()
+        afresh.set_tree(step)
+        afresh.set_usage(DomainUsage("vm", kept, model.usage_of(NOW_KEY)))
+        assert every_value(model) == every_value(afresh)
