@@ -272,9 +272,9 @@ class SnapshotTreeModel(QAbstractItemModel):
         working out every cell of a screenful again (some 900 values) was half the cost
         of the repaint that follows an operation.
         """
-        if self._largest_delta != largest_before:
-            self._cells.clear()  # every bar is drawn against the largest delta
-            return
+        # Every bar is drawn against the largest delta (Now's, often, which a revert
+        # forgets): when that changes, so does every bar, and only the bar.
+        bars_changed = self._largest_delta != largest_before
         changed = {NOW_KEY, old.current, new.current}
         for key, column in list(self._cells):
             if (
@@ -283,9 +283,13 @@ class SnapshotTreeModel(QAbstractItemModel):
                 or self._usage.get(key) is not usage_before.get(key)
             ):
                 del self._cells[(key, column)]
-            else:
-                # A snapshot's tooltip names its place in the tree: asked for again.
-                self._cells[(key, column)].pop(int(Qt.ItemDataRole.ToolTipRole), None)
+                continue
+            cell = self._cells[(key, column)]
+            # A snapshot's tooltip names its place in the tree: asked for again.
+            cell.pop(int(Qt.ItemDataRole.ToolTipRole), None)
+            if bars_changed and column == Column.DELTA:
+                cell.pop(int(Qt.ItemDataRole.DecorationRole), None)
+                cell.pop(int(Role.BAR_FRACTION), None)
 
     def key_at(self, row: int, parent: ModelIndex) -> str | None:
         """The key of a row without making an index (the filter's fast path)."""
