@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -39,6 +40,7 @@ def test_a_dropped_connection_is_lost_then_reconnected(forwarder: SocketForwarde
     try:
         loader.list_domains()
         generation = connection.generation
+        first_handle = weakref.ref(connection.conn)
 
         forwarder.cut()
         wait_for(lambda: connection.status.state is ConnectionState.LOST)
@@ -58,6 +60,8 @@ def test_a_dropped_connection_is_lost_then_reconnected(forwarder: SocketForwarde
         wait_for(lambda: connection.status.state is ConnectionState.CONNECTED, timeout=30)
         assert connection.generation == generation + 1
         assert isinstance(loader.list_domains(), list)
+        # The dead handle was let go of (and so closed), not kept alive by a callback.
+        wait_for(lambda: first_handle() is None)
         states = [s.state for s in seen]
         assert states[:2] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED]
         assert ConnectionState.LOST in states
@@ -66,6 +70,14 @@ def test_a_dropped_connection_is_lost_then_reconnected(forwarder: SocketForwarde
         loader.close()
         connection.close()
     assert connection.status.state is ConnectionState.CLOSED
+
+
+def test_closing_on_purpose_closes_the_daemons_handle_at_once(system_conn: object) -> None:
+    connection = Connection("qemu:///system")
+    connection.open()
+    handle = weakref.ref(connection.conn)
+    connection.close()
+    assert handle() is None
 
 
 def test_closing_on_purpose_stops_reconnecting(forwarder: SocketForwarder) -> None:

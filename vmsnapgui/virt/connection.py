@@ -296,10 +296,14 @@ class Connection:
                 conn.setKeepAlive(*self._keepalive)
             except libvirt.libvirtError:
                 pass
-            try:
-                conn.registerCloseCallback(self._on_close, generation)
-            except libvirt.libvirtError:
-                pass  # in-process drivers (test, embed) cannot drop
+            if not _in_process(uri_now):
+                # In-process drivers (test, embed) cannot drop, and libvirt accepts the
+                # callback without keeping it: the binding's reference to it, and to the
+                # handle, would never be let go.
+                try:
+                    conn.registerCloseCallback(self._on_close, generation)
+                except libvirt.libvirtError:
+                    pass
             try:
                 event_ids.append(
                     conn.domainEventRegisterAny(
@@ -328,10 +332,12 @@ class Connection:
             conn.unregisterCloseCallback()
         except libvirt.libvirtError:
             pass
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        # No conn.close(): a worker thread may be inside a call on this handle right now
+        # (libvirt's calls take no reference on the connection), and closing the last
+        # reference under it frees the driver it is using: a SIGSEGV at quit, seen in
+        # CI. Letting go of our reference closes the handle as soon as the last call in
+        # flight returns (libvirt.virConnect.__del__), and at once when none is.
+        del conn
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, generation: Any) -> None:
         # Runs on the event loop thread: only hand the work on.
@@ -409,3 +415,8 @@ class Connection:
 def _needs_event_loop(uri: str) -> bool:
     """True for drivers that cannot work without an event loop (the embedded QEMU one)."""
     return uri.split("?", 1)[0].rstrip("/").endswith("/embed")
+
+
+def _in_process(uri: str) -> bool:
+    """True for drivers that run inside this process (the test driver, embedded QEMU)."""
+    return uri.startswith("test:") or _needs_event_loop(uri)

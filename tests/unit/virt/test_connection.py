@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,29 @@ def test_opening_the_test_driver_reads_capabilities_once(lab_uri: str) -> None:
     assert connection.status.state is ConnectionState.CLOSED
     with pytest.raises(VirtError, match="Not connected"):
         _ = connection.conn
+
+
+def test_closing_never_pulls_the_handle_from_under_a_call_in_flight(lab_uri: str) -> None:
+    # A worker thread that took the handle before close() (a job still running at quit)
+    # keeps a working connection until its call returns; libvirt takes no reference of
+    # its own during a call, so closing under it used to free the driver it was in.
+    connection = Connection(lab_uri)
+    connection.open()
+    in_flight = connection.conn
+    gone = weakref.ref(in_flight)
+    connection.close()
+    assert connection.status.state is ConnectionState.CLOSED
+    assert in_flight.getURI() == lab_uri  # still open for the call that holds it
+    del in_flight
+    assert gone() is None  # and closed the moment the last holder lets go
+
+
+def test_a_closed_connection_lets_go_of_its_handle_at_once(lab_uri: str) -> None:
+    connection = Connection(lab_uri)
+    connection.open()
+    gone = weakref.ref(connection.conn)
+    connection.close()
+    assert gone() is None
 
 
 def test_the_event_loop_runs_on_its_own_thread_and_starts_once() -> None:
