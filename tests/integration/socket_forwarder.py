@@ -21,6 +21,15 @@ class SocketForwarder:
         self._listener: socket.socket | None = None
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        """Stop passing bytes on (calls in flight wait for their replies) until resumed."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -58,12 +67,14 @@ class SocketForwarder:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
         try:
             while True:
                 ready, _, _ = select.select([a, b], [], [], 1.0)
+                while not self._flowing.wait(0.05):
+                    if a.fileno() < 0 or b.fileno() < 0:
+                        return  # cut while held
                 for sock in ready:
                     data = sock.recv(65536)
                     if not data:

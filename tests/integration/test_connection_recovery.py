@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -70,6 +71,34 @@ def test_a_dropped_connection_is_lost_then_reconnected(forwarder: SocketForwarde
         loader.close()
         connection.close()
     assert connection.status.state is ConnectionState.CLOSED
+
+
+def test_a_connection_lost_while_reading_capabilities_is_reported_not_stuck(
+    forwarder: SocketForwarder,
+) -> None:
+    # The thread whose call finds the socket dead runs the close callback itself; the
+    # capabilities reader once held the lock that callback needs: a deadlock, and the
+    # host never showed as lost.
+    connection = Connection(f"qemu+tcp://127.0.0.1:{forwarder.port}/system", reconnect=False)
+    connection.open()
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(connection.capabilities)
+        except VirtError as exc:
+            outcome.append(exc)
+
+    forwarder.hold()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.3)  # the six calls are on the wire, waiting for replies
+    forwarder.cut()
+    wait_for(lambda: connection.status.state is ConnectionState.LOST, timeout=10)
+    reader.join(10)
+    assert not reader.is_alive()
+    assert isinstance(outcome[0], VirtError)
+    connection.close()
 
 
 def test_closing_on_purpose_closes_the_daemons_handle_at_once(system_conn: object) -> None:

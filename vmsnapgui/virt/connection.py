@@ -200,14 +200,23 @@ class Connection:
     @property
     def capabilities(self) -> Capabilities:
         """What the host supports, read once per (re)connection on first use."""
+        # Read without holding self._lock: a call that finds the connection dead runs
+        # the close callback on its own thread, and that callback takes the lock.
+        # Two threads asking at once may both read; the answers are the same.
         with self._lock:
-            if self._capabilities is None:
-                conn = self.conn
-                try:
-                    self._capabilities = read_capabilities(conn)
-                except libvirt.libvirtError as exc:
-                    raise explain(exc, "reading the host's capabilities") from None
-            return self._capabilities
+            known, generation, conn = self._capabilities, self._generation, self._conn
+        if known is not None:
+            return known
+        if conn is None:
+            conn = self.conn  # raises, saying why
+        try:
+            capabilities = read_capabilities(conn)
+        except libvirt.libvirtError as exc:
+            raise explain(exc, "reading the host's capabilities") from None
+        with self._lock:
+            if generation == self._generation:
+                self._capabilities = capabilities
+        return capabilities
 
     @property
     def generation(self) -> int:
