@@ -21,6 +21,7 @@ from vmsnapgui.qt.operation_dialogs import (
     TakeSnapshotDialog,
 )
 from vmsnapgui.qt.operations_panel import OperationsPanel
+from vmsnapgui.virt.clone_domain import CloneFolder
 from vmsnapgui.virt.delete_snapshot import DeleteMode, DeletePlan
 from vmsnapgui.virt.revert_snapshot import EndState
 from vmsnapgui.virt.take_snapshot import Availability, SnapshotMode, TakeOptions
@@ -171,6 +172,35 @@ def test_clone_dialog_validates_name_explains_linked_and_weighs_space(
     assert request.target_dir == str(tmp_path)
     dialog.folder_edit.setText(str(tmp_path / "missing"))
     assert not dialog.ok_button.isEnabled()
+
+
+def test_clone_dialog_offers_the_hosts_folder_pools_and_follows_the_folder(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    images, fast = tmp_path / "images", tmp_path / "fast"
+    images.mkdir()
+    fast.mkdir()
+    dialog = CloneDialog("web", "golden", set(), str(images), linked_refusal=None)
+    qtbot.addWidget(dialog)
+    assert not dialog.pool_combo.isEnabled()  # still being listed
+    dialog.set_folders(
+        [CloneFolder("default", str(images), 10 * GIB), CloneFolder("fast", str(fast), GIB)]
+    )
+    combo = dialog.pool_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == [
+        f"default — {images} (10.0 GiB free)",
+        f"fast — {fast} (1.00 GiB free)",
+        "No pool: the folder below",
+    ]
+    assert combo.currentIndex() == 0  # the folder the disks would go to is that pool's
+    combo.setCurrentIndex(1)
+    combo.activated.emit(1)  # as a user's pick
+    assert dialog.folder_edit.text() == str(fast)
+    assert dialog.request().target_dir == str(fast)
+    dialog.folder_edit.setText(str(tmp_path))
+    assert combo.currentIndex() == 2
+    dialog.folder_edit.setText(str(images) + "/")
+    assert combo.currentIndex() == 0
 
 
 def test_clone_dialog_without_linked_says_why(qtbot: QtBot, tmp_path: Path) -> None:

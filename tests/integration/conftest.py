@@ -241,3 +241,40 @@ def make_guest(
     for guest in made:
         remove_domain(guest.dom)
         shutil.rmtree(guest.directory, ignore_errors=True)
+
+
+TmpfsFactory = Callable[[str], Path]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[TmpfsFactory]:
+    """Mount a tmpfs of the given size (``"48M"``), a disk that fills up; unmounted after."""
+    mounted: list[Path] = []
+
+    def factory(size: str) -> Path:
+        point = tmp_path / f"small-{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            unavailable(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield factory
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def fill_up(folder: Path, leave: int) -> Path:
+    """Take all but ``leave`` bytes of the folder's file system with one file."""
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        os.posix_fallocate(out.fileno(), 0, max(free - leave, 0))
+    return filler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +14,22 @@ import pytest
 
 from tests.integration.conftest import (
     MIB,
+    SESSION_PREFIX,
     SYSTEM_URI,
     Guest,
     GuestFactory,
+    TmpfsFactory,
+    fill_up,
     image_holds,
     remove_domain,
     virsh,
 )
 from tests.integration.virsh_view import virsh_snapshot_view
 from vmsnapgui.core.domain_xml import domain_disks
+from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import Cancelled, CancelToken, Progress
 from vmsnapgui.core.validation import ValidationError
-from vmsnapgui.virt.clone_domain import CloneRequest, clone_domain
+from vmsnapgui.virt.clone_domain import CloneRequest, clone_domain, clone_folders
 from vmsnapgui.virt.delete_snapshot import DeleteMode, delete_snapshot
 from vmsnapgui.virt.errors import VirtError
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
@@ -273,27 +278,69 @@ def test_cancelling_a_clone_leaves_no_files_and_no_vm(
 
 
 def test_a_clone_that_does_not_fit_is_refused_before_copying(
-    make_guest: GuestFactory, loader: SnapshotLoader, tmp_path: Path
+    make_guest: GuestFactory, loader: SnapshotLoader, small_disk: TmpfsFactory
 ) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(small)], check=False
+    small = small_disk("4M")
+    guest = make_guest()
+    guest.write(0x91, 0, 16 * MIB)
+    take_snapshot(loader, guest.dom, TakeRequest("s"))
+    with pytest.raises(VirtError) as caught:
+        clone_domain(
+            loader, guest.dom, CloneRequest(f"{guest.name}-nofit", "s", target_dir=str(small))
+        )
+    assert "is free in" in caught.value.message
+    assert os.listdir(small) == []
+
+
+def test_a_disk_that_fills_up_during_the_copy_is_said_plainly_and_nothing_remains(
+    make_guest: GuestFactory,
+    loader: SnapshotLoader,
+    small_disk: TmpfsFactory,
+    system_conn: libvirt.virConnect,
+) -> None:
+    small = small_disk("160M")
+    guest = make_guest()
+    guest.write(0x92, 0, 32 * MIB)
+    take_snapshot(loader, guest.dom, TakeRequest("s"))
+    name = f"{guest.name}-filled"
+
+    def progress(update: Progress) -> None:
+        # The space check has passed and the copy is about to start: something else
+        # takes the disk's space now.
+        if update.unit == "bytes" and not (small / "filler").exists():
+            fill_up(small, leave=2 * MIB)
+
+    with pytest.raises(UserError) as caught:
+        clone_domain(loader, guest.dom, CloneRequest(name, "s", target_dir=str(small)), progress)
+    assert caught.value.message == (
+        f"The disk filled up while copying: no space is left in {small}."
     )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
+    assert "No space left on device" in (caught.value.detail or "")
+    assert os.listdir(small) == ["filler"]
+    assert name not in {d.name() for d in system_conn.listAllDomains(0)}
+
+
+def test_clones_can_go_to_any_folder_pool_of_the_host(
+    loader: SnapshotLoader, system_conn: libvirt.virConnect, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    name = f"{SESSION_PREFIX}pool"
+    root = ET.Element("pool", type="dir")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = str(folder)
+    pool = system_conn.storagePoolCreateXML(ET.tostring(root, encoding="unicode"), 0)
     try:
-        guest = make_guest()
-        guest.write(0x91, 0, 16 * MIB)
-        take_snapshot(loader, guest.dom, TakeRequest("s"))
-        with pytest.raises(VirtError) as caught:
-            clone_domain(
-                loader, guest.dom, CloneRequest(f"{guest.name}-nofit", "s", target_dir=str(small))
-            )
-        assert "is free in" in caught.value.message
-        assert os.listdir(small) == []
+        found = {f.pool: f for f in clone_folders(loader)}
+        assert found[name].path == str(folder)
+        stats = os.statvfs(folder)
+        free = stats.f_bavail * stats.f_frsize
+        # What a copy can use there, as the space check counts it (not libvirt's
+        # figure, which includes the blocks reserved for root).
+        assert abs(found[name].available - free) < 64 * MIB
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        pool.destroy()
+    assert name not in {f.pool for f in clone_folders(loader)}  # only active pools
 
 
 def test_cloning_now_of_a_running_vm_is_refused_with_what_to_do(

@@ -9,7 +9,15 @@ import libvirt
 from PySide6.QtCore import QTimer
 from pytestqt.qtbot import QtBot
 
-from tests.integration.conftest import MIB, SYSTEM_URI, GuestFactory, remove_domain, virsh
+from tests.integration.conftest import (
+    MIB,
+    SYSTEM_URI,
+    GuestFactory,
+    TmpfsFactory,
+    fill_up,
+    remove_domain,
+    virsh,
+)
 from tests.integration.gui_support import show_vm
 from vmsnapgui.qt.job_runner import JobState
 from vmsnapgui.qt.main_window import MainWindow
@@ -231,14 +239,56 @@ def test_a_failing_operation_says_why_and_the_window_keeps_working(
     assert window.operations_panel.row_text(job)["Result"] == message
     assert window.message_bar.text.text() == message
     # Still usable: the next operation works.
+    take_through_dialog(qtbot, window, "after the failure")
+    assert snapshot_names(guest.name) == ["after the failure", "contested"]
+
+
+def take_through_dialog(qtbot: QtBot, window: MainWindow, name: str) -> None:
+    """Take a snapshot from the Now row's menu and its dialog; it must work."""
     qtbot.waitUntil(lambda: window.tree_view.select_key(NOW_KEY), timeout=WAIT_MS)
     trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
     qtbot.waitUntil(
         lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
     )
-    window.operations.dialog.name_edit.setText("after the failure")  # type: ignore[union-attr]
+    window.operations.dialog.name_edit.setText(name)  # type: ignore[union-attr]
     window.operations.dialog.accept()  # type: ignore[union-attr]
-    second = last_job(window)
-    qtbot.waitUntil(lambda: second.is_finished, timeout=WAIT_MS)
-    assert second.state is JobState.DONE
-    assert snapshot_names(guest.name) == ["after the failure", "contested"]
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+
+
+def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries_on(
+    window: MainWindow,
+    qtbot: QtBot,
+    make_guest: GuestFactory,
+    small_disk: TmpfsFactory,
+    system_conn: libvirt.virConnect,
+) -> None:
+    small = small_disk("160M")
+    guest = make_guest()
+    guest.write(0xF6, 0, 32 * MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "s")
+    open_vm(qtbot, window, guest.name, "s")
+    trigger(qtbot, window, "s", "C&lone…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, CloneDialog)
+    name = f"{guest.name}-full"
+    dialog.name_edit.setText(name)
+    dialog.folder_edit.setText(str(small))
+    qtbot.waitUntil(lambda: dialog.required is not None, timeout=WAIT_MS)
+    assert dialog.ok_button.isEnabled()  # it fits while the dialog is filled in...
+    fill_up(small, leave=2 * MIB)  # ...then something else takes the space
+    heartbeat = Heartbeat()
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.FAILED
+    message = window.operations_panel.row_text(job)["Result"]
+    assert message.startswith("The clone needs ") and message.endswith(f"is free in {small}.")
+    assert window.message_bar.text.text() == message
+    assert os.listdir(small) == ["filler"]
+    assert name not in {d.name() for d in system_conn.listAllDomains(0)}
+    assert heartbeat.longest < 0.5
+    take_through_dialog(qtbot, window, "after the full disk")
+    assert snapshot_names(guest.name) == ["after the full disk", "s"]

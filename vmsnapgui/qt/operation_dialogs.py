@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -39,7 +40,7 @@ from vmsnapgui.core.validation import (
     validate_snapshot_name,
     validate_vm_name,
 )
-from vmsnapgui.virt.clone_domain import CloneRequest
+from vmsnapgui.virt.clone_domain import CloneFolder, CloneRequest
 from vmsnapgui.virt.delete_snapshot import DeletePlan
 from vmsnapgui.virt.revert_snapshot import EndState
 from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeOptions, TakeRequest
@@ -367,6 +368,11 @@ class CloneDialog(_RequestDialog):
         folder_row.addWidget(self.browse_button)
         folder_label = QLabel("Disks &in:")
         folder_label.setBuddy(self.folder_edit)
+        self.pool_combo = QComboBox()
+        self.pool_combo.setAccessibleName("Storage pool for the clone's disks")
+        self.pool_combo.addItem("Looking for storage pools…")
+        self.pool_combo.setEnabled(False)
+        form.addRow("Storage &pool:", self.pool_combo)
         form.addRow(folder_label, folder_row)
         self.layout_.addLayout(form)
 
@@ -410,8 +416,44 @@ class CloneDialog(_RequestDialog):
     def _connect_signals(self) -> None:
         self.name_edit.textChanged.connect(self._update)
         self.folder_edit.textChanged.connect(self._update)
+        self.folder_edit.textChanged.connect(self._show_pool_of_folder)
+        self.pool_combo.activated.connect(self._on_pool_chosen)
         self.kind_group.buttonToggled.connect(self._update)
         self.browse_button.clicked.connect(self._on_browse)
+
+    def set_folders(self, folders: Sequence[CloneFolder]) -> None:
+        """The host's storage pools that are folders (listed off the GUI thread)."""
+        self.pool_combo.clear()
+        for folder in folders:
+            self.pool_combo.addItem(
+                f"{folder.pool} — {folder.path} ({format_bytes(folder.available)} free)",
+                folder.path,
+            )
+        self.pool_combo.addItem("No pool: the folder below", None)
+        self.pool_combo.setEnabled(True)
+        self._show_pool_of_folder()
+
+    @Slot(int)
+    def _on_pool_chosen(self, index: int) -> None:
+        path = self.pool_combo.itemData(index)
+        if path:
+            self.folder_edit.setText(path)
+
+    @Slot()
+    def _show_pool_of_folder(self) -> None:
+        if not self.pool_combo.isEnabled():
+            return  # the pools are still being listed
+        folder = os.path.normpath(self.folder_edit.text()) if self.folder_edit.text() else ""
+        last = self.pool_combo.count() - 1
+        match = next(
+            (
+                i
+                for i in range(last)
+                if os.path.normpath(str(self.pool_combo.itemData(i))) == folder
+            ),
+            last,
+        )
+        self.pool_combo.setCurrentIndex(match)
 
     @Slot()
     def _on_browse(self) -> None:

@@ -34,9 +34,11 @@ from vmsnapgui.qt.operation_dialogs import (
 from vmsnapgui.qt.operations_panel import OperationsPanel
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY
 from vmsnapgui.virt.clone_domain import (
+    CloneFolder,
     CloneRequest,
     CloneResult,
     clone_domain,
+    clone_folders,
     clone_refusal_for,
     plan_clone,
 )
@@ -388,6 +390,16 @@ class SnapshotOperations(QObject):
             on_error=partial(self._on_estimate_failed, dialog),
         )
 
+        def folders(progress: ProgressCallback, cancel: CancelToken) -> list[CloneFolder]:
+            return clone_folders(target.host.loader_for(target.uuid))
+
+        self.window.runner.submit(
+            folders,
+            description=f"Listing the storage pools of {target.host.label}",
+            on_done=partial(self._on_clone_folders, dialog),
+            on_error=partial(self._on_clone_folders_failed, dialog),
+        )
+
     @staticmethod
     def _default_dir(record: Any) -> str:
         if record is not None:
@@ -405,6 +417,15 @@ class SnapshotOperations(QObject):
     def _on_estimate_failed(self, dialog: CloneDialog, error: UserError) -> None:
         if self.dialog is dialog:
             dialog.set_estimate(None, error.message)
+
+    def _on_clone_folders(self, dialog: CloneDialog, folders: list[CloneFolder]) -> None:
+        if self.dialog is dialog:
+            dialog.set_folders(folders)
+
+    def _on_clone_folders_failed(self, dialog: CloneDialog, error: UserError) -> None:
+        _log.info("could not list storage pools: %s", error.message)
+        if self.dialog is dialog:
+            dialog.set_folders([])  # a folder can still be typed or browsed for
 
     def _submit_clone(self, target: Target, dialog: CloneDialog) -> None:
         request = dialog.request()

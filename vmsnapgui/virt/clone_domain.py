@@ -99,6 +99,19 @@ class ClonePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CloneFolder:
+    """A storage pool whose folder can hold a clone's disks."""
+
+    pool: str
+    path: str
+    available: int
+
+
+# Pool types whose target is a folder on this computer (clones are copied here).
+_FOLDER_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
+
+
+@dataclass(frozen=True, slots=True)
 class CloneResult:
     """The new VM."""
 
@@ -358,6 +371,36 @@ def clone_domain(
     )
 
 
+def clone_folders(loader: SnapshotLoader) -> list[CloneFolder]:
+    """The host's active storage pools that are folders, by name, with their free space."""
+    conn = loader.connection.conn
+    try:
+        pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+    except libvirt.libvirtError as exc:
+        raise explain(exc, "listing the storage pools") from None
+    folders = []
+    for pool in pools:
+        try:
+            path = _pool_folder(pool)
+            if path is None:
+                continue
+            # What the copy can really use: libvirt counts the blocks reserved for
+            # root as free too (seen here: 245 GB "available" on a disk with 84 GB).
+            stats = os.statvfs(path)
+            available = stats.f_bavail * stats.f_frsize
+            folders.append(CloneFolder(str(pool.name()), path, available))
+        except (libvirt.libvirtError, ET.ParseError, OSError):
+            continue  # a pool that went away or cannot be read is simply not offered
+    return sorted(folders, key=lambda f: f.pool.casefold())
+
+
+def _pool_folder(pool: libvirt.virStoragePool) -> str | None:
+    """The folder a pool keeps its volumes in; None when its volumes are not files."""
+    root = ET.fromstring(pool.XMLDesc(0))
+    path = root.findtext("./target/path")
+    return path if root.get("type") in _FOLDER_POOL_TYPES and path else None
+
+
 def clone_refusal_for(uri: str) -> str | None:
     """Why VMs behind ``uri`` cannot be cloned here, or None when they can."""
     host = urlsplit(uri).hostname
@@ -439,10 +482,14 @@ def _run_qemu_img(
     if cancel is not None and cancel.cancelled:
         raise Cancelled("Cancelled; the clone's files were removed.")
     if code != 0:
+        detail = " ".join(argv) + "\n" + stderr
+        if "No space left on device" in stderr:
+            folder = os.path.dirname(argv[-1]) or "."
+            raise UserError(
+                f"The disk filled up while copying: no space is left in {folder}.", detail=detail
+            )
         last_line = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
-        raise UserError(
-            f"Copying the disk failed: {last_line}", detail=" ".join(argv) + "\n" + stderr
-        )
+        raise UserError(f"Copying the disk failed: {last_line}", detail=detail)
 
 
 def _roll_back(defined: libvirt.virDomain | None, created: list[Path]) -> None:
@@ -466,7 +513,7 @@ def _refresh_pools(conn: libvirt.virConnect, directories: set[str]) -> None:
     wanted = {os.path.normpath(d) for d in directories}
     for pool in pools:
         try:
-            path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
+            path = _pool_folder(pool)
             if path and os.path.normpath(path) in wanted:
                 pool.refresh(0)
         except (libvirt.libvirtError, ET.ParseError):
