@@ -156,9 +156,12 @@ class SnapshotLoader:
         try:
             listed = frozenset(dom.snapshotListNames(0)) if names else None
             count = len(listed) if listed is not None else dom.snapshotNum(0)
+            current = _current_snapshot_name(dom) if count else None
         except libvirt.libvirtError as exc:
+            # Also a domain undefined between the listing and now: one sentence, which
+            # the watcher takes as "gone; the next round says so".
             raise self._explain(exc, f"listing the snapshots of {dom.name()!r}") from None
-        return SnapshotSignature(count, _current_snapshot_name(dom) if count else None, listed)
+        return SnapshotSignature(count, current, listed)
 
     def load(
         self, domain: str | libvirt.virDomain, *, refetch_all: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import libvirt
 import pytest
 
@@ -60,3 +62,34 @@ def test_many_snapshots_cheap_rounds_see_creates_and_names_rounds_see_the_rest(
     assert changed(watcher.poll_once()) == set()  # round 3, count only
     assert changed(watcher.poll_once()) == {"web"}  # round 4, names
     assert changed(watcher.poll_once()) == set()  # round 5: nothing new
+
+
+def vanish_then_ask(dom: libvirt.virDomain, flags: int = 0) -> object:
+    """The VM is removed just before its current snapshot is asked for."""
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    return libvirt.virDomain.snapshotCurrent(dom, flags)
+
+
+def test_a_vm_undefined_in_the_middle_of_a_round_is_skipped_not_an_error(
+    loader: SnapshotLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another client (virsh, another test) removes the VM between our calls about it.
+    watcher = SnapshotWatcher(loader, lambda change: None)
+    watcher.poll_once()
+    conn = loader.connection.conn
+    real_list = conn.listAllDomains
+
+    def list_then_remove(flags: int = 0) -> list[libvirt.virDomain]:
+        domains = real_list(flags)
+        for dom in domains:
+            if dom.name() == "web":
+                monkeypatch.setattr(dom, "snapshotCurrent", partial(vanish_then_ask, dom))
+        return domains
+
+    monkeypatch.setattr(conn, "listAllDomains", list_then_remove)
+    watcher.poll_once()  # no exception: web is left out of this round
+    monkeypatch.setattr(conn, "listAllDomains", real_list)
+    changes = watcher.poll_once()
+    assert ChangeKind.DOMAINS in {c.kind for c in changes}
