@@ -150,6 +150,7 @@ def test_clone_dialog_validates_name_explains_linked_and_weighs_space(
     assert dialog.name_edit.text() == "web-clone-2"
     assert "must stay as long as the clone exists" in dialog.linked_note.text()
     assert "Measuring" in dialog.space_label.text()
+    assert not dialog.ok_button.isEnabled()  # until measured (the folder may change too)
     dialog.set_estimate(1024)
     assert "A full copy needs 1.00 KiB" in dialog.space_label.text()
     assert dialog.ok_button.isEnabled()
@@ -193,8 +194,15 @@ def test_clone_dialog_offers_the_hosts_folder_pools_and_follows_the_folder(
         "No pool: the folder below",
     ]
     assert combo.currentIndex() == 0  # the folder the disks would go to is that pool's
+    dialog.suggest_folder(str(fast))  # where the engine says the disks are
+    assert dialog.folder_edit.text() == str(fast) and combo.currentIndex() == 1
+    combo.setCurrentIndex(0)
+    combo.activated.emit(0)  # as a user's pick
+    assert dialog.folder_edit.text() == str(images)
+    dialog.suggest_folder(str(fast))  # a choice made is kept
+    assert dialog.folder_edit.text() == str(images)
     combo.setCurrentIndex(1)
-    combo.activated.emit(1)  # as a user's pick
+    combo.activated.emit(1)
     assert dialog.folder_edit.text() == str(fast)
     assert dialog.request().target_dir == str(fast)
     dialog.folder_edit.setText(str(tmp_path))

@@ -7,6 +7,7 @@ skipping them, so the tier can never silently not run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -278,3 +279,29 @@ def fill_up(folder: Path, leave: int) -> Path:
     with open(filler, "wb") as out:
         os.posix_fallocate(out.fileno(), 0, max(free - leave, 0))
     return filler
+
+
+@pytest.fixture
+def clones(system_conn: libvirt.virConnect) -> Iterator[list[str]]:
+    """Names of clones a test makes; removed with their disks afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        try:
+            dom = system_conn.lookupByName(name)
+        except libvirt.libvirtError:
+            continue
+        files = [d.source for d in domain_disks(dom.XMLDesc(0)) if d.source]
+        remove_domain(dom)
+        for file in files:
+            if "vmsnaptest" in file:
+                Path(file).unlink(missing_ok=True)
+
+
+def internal_snapshots_in(path: Path) -> list[str]:
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True, check=True
+        ).stdout
+    )
+    return [s["name"] for s in info.get("snapshots", [])]

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -21,7 +20,7 @@ from tests.integration.conftest import (
     TmpfsFactory,
     fill_up,
     image_holds,
-    remove_domain,
+    internal_snapshots_in,
     virsh,
 )
 from tests.integration.virsh_view import virsh_snapshot_view
@@ -39,32 +38,6 @@ from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_snapsho
 @pytest.fixture
 def loader(system_loader: SnapshotLoader) -> SnapshotLoader:
     return system_loader
-
-
-@pytest.fixture
-def clones(system_conn: libvirt.virConnect) -> Iterator[list[str]]:
-    """Names of clones a test makes; removed with their disks afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        try:
-            dom = system_conn.lookupByName(name)
-        except libvirt.libvirtError:
-            continue
-        files = [d.source for d in domain_disks(dom.XMLDesc(0)) if d.source]
-        remove_domain(dom)
-        for file in files:
-            if "vmsnaptest" in file:
-                Path(file).unlink(missing_ok=True)
-
-
-def internal_snapshots_in(path: Path) -> list[str]:
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True, check=True
-        ).stdout
-    )
-    return [s["name"] for s in info.get("snapshots", [])]
 
 
 def branching_guest(make_guest: GuestFactory, loader: SnapshotLoader) -> Guest:

@@ -4,21 +4,26 @@ and the disk bytes; cancel leaves nothing; failures say why and the window keeps
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 
 import libvirt
+import pytest
 from PySide6.QtCore import QTimer
 from pytestqt.qtbot import QtBot
 
 from tests.integration.conftest import (
     MIB,
     SYSTEM_URI,
+    Guest,
     GuestFactory,
     TmpfsFactory,
     fill_up,
-    remove_domain,
+    image_holds,
+    internal_snapshots_in,
     virsh,
 )
 from tests.integration.gui_support import show_vm
+from vmsnapgui.core.domain_xml import domain_disks
 from vmsnapgui.qt.job_runner import JobState
 from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.operation_dialogs import (
@@ -178,7 +183,11 @@ def test_cancelling_a_clone_from_the_panel_leaves_nothing_behind(
 
 
 def test_a_full_clone_from_the_window_makes_a_vm_with_the_snapshots_bytes(
-    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory, system_conn: libvirt.virConnect
+    window: MainWindow,
+    qtbot: QtBot,
+    make_guest: GuestFactory,
+    system_conn: libvirt.virConnect,
+    clones: list[str],
 ) -> None:
     guest = make_guest()
     guest.write(0xD4, 0, MIB)
@@ -190,32 +199,19 @@ def test_a_full_clone_from_the_window_makes_a_vm_with_the_snapshots_bytes(
     dialog = window.operations.dialog
     assert isinstance(dialog, CloneDialog)
     name = f"{guest.name}-w"
+    clones.append(name)
     dialog.name_edit.setText(name)
     qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
     dialog.accept()
     job = last_job(window)
-    try:
-        qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
-        assert job.state is JobState.DONE, job.error
-        clone = system_conn.lookupByName(name)
-        from tests.integration.conftest import image_holds
-        from vmsnapgui.core.domain_xml import domain_disks
-
-        disk = domain_disks(clone.XMLDesc(0))[0].source or ""
-        assert image_holds(disk, 0xD4, 0, MIB) and not image_holds(disk, 0xE5, 0, MIB)
-        qtbot.waitUntil(
-            lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
-            timeout=WAIT_MS,
-        )
-    finally:
-        try:
-            clone = system_conn.lookupByName(name)
-            disks = [d.source for d in domain_disks(clone.XMLDesc(0)) if d.source]
-            remove_domain(clone)
-            for path in disks:
-                os.unlink(path)
-        except libvirt.libvirtError:
-            pass
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    disk = domain_disks(system_conn.lookupByName(name).XMLDesc(0))[0].source or ""
+    assert image_holds(disk, 0xD4, 0, MIB) and not image_holds(disk, 0xE5, 0, MIB)
+    qtbot.waitUntil(
+        lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
+        timeout=WAIT_MS,
+    )
 
 
 def test_a_failing_operation_says_why_and_the_window_keeps_working(
@@ -263,6 +259,7 @@ def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries
     make_guest: GuestFactory,
     small_disk: TmpfsFactory,
     system_conn: libvirt.virConnect,
+    clones: list[str],
 ) -> None:
     small = small_disk("160M")
     guest = make_guest()
@@ -274,9 +271,12 @@ def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries
     dialog = window.operations.dialog
     assert isinstance(dialog, CloneDialog)
     name = f"{guest.name}-full"
+    clones.append(name)  # removed afterwards should it be made after all
     dialog.name_edit.setText(name)
-    dialog.folder_edit.setText(str(small))
+    dialog.folder_edit.clear()
+    qtbot.keyClicks(dialog.folder_edit, str(small))  # typed, so the default does not replace it
     qtbot.waitUntil(lambda: dialog.required is not None, timeout=WAIT_MS)
+    assert dialog.folder_edit.text() == str(small)
     assert dialog.ok_button.isEnabled()  # it fits while the dialog is filled in...
     fill_up(small, leave=2 * MIB)  # ...then something else takes the space
     heartbeat = Heartbeat()
@@ -292,3 +292,114 @@ def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries
     assert heartbeat.longest < 0.5
     take_through_dialog(qtbot, window, "after the full disk")
     assert snapshot_names(guest.name) == ["after the full disk", "s"]
+
+
+def branch_by_virsh(guest: Guest) -> None:
+    """root -> (a -> a1, b), internal snapshots of a shut-off guest, each with its bytes."""
+    for pattern, offset, name in ((0x10, 0, "root"), (0x20, 1, "a"), (0x21, 2, "a1")):
+        guest.write(pattern, offset * MIB, MIB)
+        virsh(SYSTEM_URI, "snapshot-create-as", guest.name, name)
+    virsh(SYSTEM_URI, "snapshot-revert", guest.name, "root")
+    guest.write(0x30, 3 * MIB, MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "b")
+
+
+@pytest.mark.parametrize(
+    ("row", "label", "listed", "left_in_libvirt", "left_in_image", "selected"),
+    [
+        ("a", "Delete with all its &children…", ["a", "a1"], ["b", "root"], ["b", "root"], "root"),
+        ("root", "Delete its children &only…", ["a", "a1", "b"], ["root"], ["root"], "root"),
+        (
+            "b",
+            "Forget it, keep its data (&metadata only)…",
+            ["b"],
+            ["a", "a1", "root"],
+            ["a", "a1", "b", "root"],
+            "root",
+        ),
+    ],
+)
+def test_each_kind_of_delete_through_its_dialog(
+    window: MainWindow,
+    qtbot: QtBot,
+    make_guest: GuestFactory,
+    row: str,
+    label: str,
+    listed: list[str],
+    left_in_libvirt: list[str],
+    left_in_image: list[str],
+    selected: str,
+) -> None:
+    guest = make_guest()
+    branch_by_virsh(guest)
+    open_vm(qtbot, window, guest.name, row)
+    trigger(qtbot, window, row, label)
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, DeleteDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, DeleteDialog)
+    assert sorted(dialog.list.item(i).text() for i in range(dialog.list.count())) == listed
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    assert snapshot_names(guest.name) == left_in_libvirt
+    assert sorted(internal_snapshots_in(guest.disks["vda"])) == left_in_image
+    assert guest.holds(0x30, 3 * MIB, MIB)  # Now is untouched
+    qtbot.waitUntil(
+        lambda: sorted(window.tree_model.keys()) == sorted([*left_in_libvirt, NOW_KEY]),
+        timeout=WAIT_MS,
+    )
+    qtbot.waitUntil(lambda: window.tree_view.selected_key() == selected, timeout=WAIT_MS)
+
+
+def test_clone_current_state_from_the_now_row(
+    window: MainWindow,
+    qtbot: QtBot,
+    make_guest: GuestFactory,
+    system_conn: libvirt.virConnect,
+    clones: list[str],
+) -> None:
+    guest = make_guest()
+    guest.write(0xA7, 0, MIB)
+    open_vm(qtbot, window, guest.name, NOW_KEY)
+    trigger(qtbot, window, NOW_KEY, "C&lone current state…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, CloneDialog)
+    assert not dialog.linked_button.isEnabled()  # Now keeps changing
+    name = f"{guest.name}-now"
+    clones.append(name)
+    dialog.name_edit.setText(name)
+    qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    assert job.state is JobState.DONE, job.error
+    disk = domain_disks(system_conn.lookupByName(name).XMLDesc(0))[0].source or ""
+    assert os.path.dirname(disk) == str(guest.directory)  # beside the source by default
+    assert image_holds(disk, 0xA7, 0, MIB)
+    assert virsh(SYSTEM_URI, "domstate", name).stdout.strip() == "shut off"
+    qtbot.waitUntil(
+        lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
+        timeout=WAIT_MS,
+    )
+
+
+def test_show_xml_shows_what_libvirt_has(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
+) -> None:
+    guest = make_guest()
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "s", "--description", "a <b> & c")
+    open_vm(qtbot, window, guest.name, "s")
+    trigger(qtbot, window, "s", "Show &XML")
+    qtbot.waitUntil(lambda: window.operations.dialog is not None, timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert dialog is not None
+    from PySide6.QtWidgets import QPlainTextEdit
+
+    text = dialog.findChild(QPlainTextEdit).toPlainText()
+    shown = ET.fromstring(text)
+    assert shown.findtext("name") == "s"
+    assert shown.findtext("description") == "a <b> & c"
+    libvirts = ET.fromstring(virsh(SYSTEM_URI, "snapshot-dumpxml", guest.name, "s").stdout)
+    assert shown.findtext("creationTime") == libvirts.findtext("creationTime")

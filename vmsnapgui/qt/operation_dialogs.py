@@ -353,6 +353,7 @@ class CloneDialog(_RequestDialog):
         self.existing = set(existing_vms)
         self.required: int | None = None
         self.estimate_problem: str | None = None
+        self._folder_chosen = False  # by the user: suggestions no longer replace it
         self.layout_.addWidget(_note_label(f"Make a new VM from {domain!r} at {source}."))
         form = QFormLayout()
         self.name_edit = QLineEdit(self._default_name())
@@ -417,6 +418,7 @@ class CloneDialog(_RequestDialog):
         self.name_edit.textChanged.connect(self._update)
         self.folder_edit.textChanged.connect(self._update)
         self.folder_edit.textChanged.connect(self._show_pool_of_folder)
+        self.folder_edit.textEdited.connect(self._on_folder_chosen)
         self.pool_combo.activated.connect(self._on_pool_chosen)
         self.kind_group.buttonToggled.connect(self._update)
         self.browse_button.clicked.connect(self._on_browse)
@@ -433,10 +435,20 @@ class CloneDialog(_RequestDialog):
         self.pool_combo.setEnabled(True)
         self._show_pool_of_folder()
 
+    def suggest_folder(self, folder: str) -> None:
+        """Where the engine would put the disks (beside the source's), unless already chosen."""
+        if not self._folder_chosen:
+            self.folder_edit.setText(folder)
+
+    @Slot()
+    def _on_folder_chosen(self) -> None:
+        self._folder_chosen = True
+
     @Slot(int)
     def _on_pool_chosen(self, index: int) -> None:
         path = self.pool_combo.itemData(index)
         if path:
+            self._folder_chosen = True
             self.folder_edit.setText(path)
 
     @Slot()
@@ -461,6 +473,7 @@ class CloneDialog(_RequestDialog):
             self, "Folder for the clone's disks", self.folder_edit.text()
         )
         if folder:
+            self._folder_chosen = True
             self.folder_edit.setText(folder)
 
     def set_estimate(self, required: int | None, problem: str | None = None) -> None:
@@ -500,12 +513,15 @@ class CloneDialog(_RequestDialog):
         linked = self.linked_button.isChecked()
         if linked:
             self.space_label.setText("A linked clone needs almost no space.")
+            problems = problems or (self.required is None and self.estimate_problem is None)
         elif self.estimate_problem is not None:
             self.space_label.setText("")
             _show_problem(self.space_problem, self.estimate_problem)
             problems = True
         elif self.required is None:
+            # OK waits for the measurement: it also says where the disks go by default.
             self.space_label.setText("Measuring the space a full copy needs…")
+            problems = True
         else:
             text = f"A full copy needs {format_bytes(self.required)}"
             if free is not None:

@@ -367,6 +367,10 @@ class SnapshotOperations(QObject):
         else:
             linked_refusal = None
         existing = {summary.name for summary in target.host.domains.values()}
+        if record is None and loaded is not None and loaded.tree.current:
+            # Now: a first guess from the current snapshot's definition; the measuring
+            # job below says where the disks really are.
+            record = loaded.tree.get(loaded.tree.current)
         dialog = CloneDialog(
             target.vm,
             target.snapshot,
@@ -377,11 +381,13 @@ class SnapshotOperations(QObject):
         )
         self._open(dialog, partial(self._submit_clone, target, dialog))
 
-        def estimate(progress: ProgressCallback, cancel: CancelToken) -> int:
+        def estimate(progress: ProgressCallback, cancel: CancelToken) -> tuple[int, str]:
+            """The bytes a full copy needs, and the folder it goes to unless told otherwise."""
             probe = CloneRequest(f"vmsnap-estimate-{uuid_module.uuid4().hex[:8]}", target.snapshot)
-            return plan_clone(
-                target.host.loader_for(target.uuid), target.uuid, probe
-            ).required_bytes
+            plan = plan_clone(
+                target.host.loader_for(target.uuid), target.uuid, probe, check_space=False
+            )
+            return plan.required_bytes, os.path.dirname(plan.disks[0].target)
 
         self.window.runner.submit(
             estimate,
@@ -410,8 +416,10 @@ class SnapshotOperations(QObject):
                         return os.path.dirname(disk.source)
         return DEFAULT_IMAGE_DIR
 
-    def _on_estimate(self, dialog: CloneDialog, required: int) -> None:
+    def _on_estimate(self, dialog: CloneDialog, estimate: tuple[int, str]) -> None:
         if self.dialog is dialog:  # closed dialogs are deleted; never touch them
+            required, folder = estimate
+            dialog.suggest_folder(folder)
             dialog.set_estimate(required)
 
     def _on_estimate_failed(self, dialog: CloneDialog, error: UserError) -> None:

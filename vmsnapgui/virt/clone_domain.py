@@ -123,9 +123,16 @@ class CloneResult:
 
 
 def plan_clone(
-    loader: SnapshotLoader, domain: str | libvirt.virDomain, request: CloneRequest
+    loader: SnapshotLoader,
+    domain: str | libvirt.virDomain,
+    request: CloneRequest,
+    *,
+    check_space: bool = True,
 ) -> ClonePlan:
-    """Check everything and work out each disk's copy; raises with the reason when impossible."""
+    """Check everything and work out each disk's copy; raises with the reason when impossible.
+
+    ``check_space=False`` only measures (a dialog weighing folders against the need).
+    """
     dom = resolve_domain(loader, domain)
     _require_local(loader)
     conn = loader.connection.conn
@@ -262,7 +269,7 @@ def plan_clone(
     if first_dir is not None:
         stats = os.statvfs(first_dir)
         available = stats.f_bavail * stats.f_frsize
-        if required + SPACE_MARGIN > available:
+        if check_space and required + SPACE_MARGIN > available:
             raise VirtError(
                 f"The clone needs {format_bytes(required)} but only {format_bytes(available)} "
                 f"is free in {first_dir}."
