@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from functools import partial
+from typing import TypeVar
 
 import libvirt
 import pytest
 from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QDialog, QPlainTextEdit
 from pytestqt.qtbot import QtBot
 
 from tests.integration.conftest import (
@@ -24,7 +27,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.gui_support import show_vm
 from vmsnapgui.core.domain_xml import domain_disks
-from vmsnapgui.qt.job_runner import JobState
+from vmsnapgui.qt.job_runner import Job, JobState
 from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.operation_dialogs import (
     CloneDialog,
@@ -55,9 +58,33 @@ def trigger(qtbot: QtBot, window: MainWindow, row: str, label: str) -> None:
     action.trigger()
 
 
-def last_job(window: MainWindow):  # type: ignore[no-untyped-def]
+def last_job(window: MainWindow) -> Job:
     rows = window.operations_panel._rows
     return max(rows.values(), key=lambda r: r.job.id).job
+
+
+D = TypeVar("D", bound=QDialog)
+
+
+def open_dialog(qtbot: QtBot, window: MainWindow, row: str, label: str, kind: type[D]) -> D:
+    """Pick ``label`` from the row's menu and wait for its dialog (facts gathered first)."""
+    trigger(qtbot, window, row, label)
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, kind), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, kind)
+    return dialog
+
+
+def run_dialog(qtbot: QtBot, window: MainWindow, dialog: QDialog) -> Job:
+    """Press OK and wait for the operation it submitted to end."""
+    dialog.accept()
+    job = last_job(window)
+    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    return job
+
+
+def shows_vm(window: MainWindow, name: str) -> bool:
+    return window.tree_model.domain is not None and window.tree_model.domain.name == name
 
 
 class Heartbeat:
@@ -85,17 +112,10 @@ def test_take_from_the_now_row_through_its_dialog(
 ) -> None:
     guest = make_guest(start=True)
     open_vm(qtbot, window, guest.name, NOW_KEY)
-    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
-    qtbot.waitUntil(
-        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
-    )
-    dialog = window.operations.dialog
-    assert isinstance(dialog, TakeSnapshotDialog)
+    dialog = open_dialog(qtbot, window, NOW_KEY, "&Take snapshot…", TakeSnapshotDialog)
     dialog.name_edit.setText("from the window")
     dialog.description_edit.setPlainText("taken by clicking")
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     assert snapshot_names(guest.name) == ["from the window"]
     qtbot.waitUntil(lambda: window.tree_view.selected_key() == "from the window", timeout=WAIT_MS)
@@ -113,13 +133,9 @@ def test_revert_through_its_dialog_keeps_a_safety_snapshot_and_restores_the_byte
     guest.write(0xB2, 0, MIB)
     open_vm(qtbot, window, guest.name, "good")
     heartbeat = Heartbeat()
-    trigger(qtbot, window, "good", "&Revert to snapshot…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, RevertDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, RevertDialog) and dialog.safety_snapshot()
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    dialog = open_dialog(qtbot, window, "good", "&Revert to snapshot…", RevertDialog)
+    assert dialog.safety_snapshot()
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     assert guest.holds(0xA1, 0, MIB) and not guest.holds(0xB2, 0, MIB)
     names = snapshot_names(guest.name)
@@ -136,14 +152,9 @@ def test_delete_through_its_dialog(
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "keep")
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "drop")
     open_vm(qtbot, window, guest.name, "drop")
-    trigger(qtbot, window, "drop", "&Delete this snapshot…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, DeleteDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, DeleteDialog)
+    dialog = open_dialog(qtbot, window, "drop", "&Delete this snapshot…", DeleteDialog)
     assert [dialog.list.item(i).text() for i in range(dialog.list.count())] == ["drop"]
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     assert snapshot_names(guest.name) == ["keep"]
     qtbot.waitUntil(lambda: window.tree_view.selected_key() == "keep", timeout=WAIT_MS)
@@ -157,10 +168,7 @@ def test_cancelling_a_clone_from_the_panel_leaves_nothing_behind(
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "big")
     before = sorted(os.listdir(guest.directory))
     open_vm(qtbot, window, guest.name, "big")
-    trigger(qtbot, window, "big", "C&lone…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, CloneDialog)
+    dialog = open_dialog(qtbot, window, "big", "C&lone…", CloneDialog)
     qtbot.waitUntil(lambda: dialog.required is not None, timeout=WAIT_MS)
     dialog.name_edit.setText(f"{guest.name}-c")
     dialog.accept()
@@ -194,24 +202,16 @@ def test_a_full_clone_from_the_window_makes_a_vm_with_the_snapshots_bytes(
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "base")
     guest.write(0xE5, 0, MIB)
     open_vm(qtbot, window, guest.name, "base")
-    trigger(qtbot, window, "base", "C&lone…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, CloneDialog)
+    dialog = open_dialog(qtbot, window, "base", "C&lone…", CloneDialog)
     name = f"{guest.name}-w"
     clones.append(name)
     dialog.name_edit.setText(name)
     qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     disk = domain_disks(system_conn.lookupByName(name).XMLDesc(0))[0].source or ""
     assert image_holds(disk, 0xD4, 0, MIB) and not image_holds(disk, 0xE5, 0, MIB)
-    qtbot.waitUntil(
-        lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
-        timeout=WAIT_MS,
-    )
+    qtbot.waitUntil(partial(shows_vm, window, name), timeout=WAIT_MS)
 
 
 def test_a_failing_operation_says_why_and_the_window_keeps_working(
@@ -219,17 +219,10 @@ def test_a_failing_operation_says_why_and_the_window_keeps_working(
 ) -> None:
     guest = make_guest()
     open_vm(qtbot, window, guest.name, NOW_KEY)
-    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
-    qtbot.waitUntil(
-        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
-    )
-    dialog = window.operations.dialog
-    assert isinstance(dialog, TakeSnapshotDialog)
+    dialog = open_dialog(qtbot, window, NOW_KEY, "&Take snapshot…", TakeSnapshotDialog)
     dialog.name_edit.setText("contested")
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "contested")  # someone else was faster
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.FAILED
     message = "There is already a snapshot called 'contested'."
     assert window.operations_panel.row_text(job)["Result"] == message
@@ -242,14 +235,9 @@ def test_a_failing_operation_says_why_and_the_window_keeps_working(
 def take_through_dialog(qtbot: QtBot, window: MainWindow, name: str) -> None:
     """Take a snapshot from the Now row's menu and its dialog; it must work."""
     qtbot.waitUntil(lambda: window.tree_view.select_key(NOW_KEY), timeout=WAIT_MS)
-    trigger(qtbot, window, NOW_KEY, "&Take snapshot…")
-    qtbot.waitUntil(
-        lambda: isinstance(window.operations.dialog, TakeSnapshotDialog), timeout=WAIT_MS
-    )
-    window.operations.dialog.name_edit.setText(name)  # type: ignore[union-attr]
-    window.operations.dialog.accept()  # type: ignore[union-attr]
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    dialog = open_dialog(qtbot, window, NOW_KEY, "&Take snapshot…", TakeSnapshotDialog)
+    dialog.name_edit.setText(name)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
 
 
@@ -266,10 +254,7 @@ def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries
     guest.write(0xF6, 0, 32 * MIB)
     virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "s")
     open_vm(qtbot, window, guest.name, "s")
-    trigger(qtbot, window, "s", "C&lone…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, CloneDialog)
+    dialog = open_dialog(qtbot, window, "s", "C&lone…", CloneDialog)
     name = f"{guest.name}-full"
     clones.append(name)  # removed afterwards should it be made after all
     dialog.name_edit.setText(name)
@@ -280,9 +265,7 @@ def test_a_clone_onto_a_disk_that_filled_up_fails_plainly_and_the_window_carries
     assert dialog.ok_button.isEnabled()  # it fits while the dialog is filled in...
     fill_up(small, leave=2 * MIB)  # ...then something else takes the space
     heartbeat = Heartbeat()
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.FAILED
     message = window.operations_panel.row_text(job)["Result"]
     assert message.startswith("The clone needs ") and message.endswith(f"is free in {small}.")
@@ -338,9 +321,7 @@ def test_each_kind_of_delete_through_its_dialog(
     dialog = window.operations.dialog
     assert isinstance(dialog, DeleteDialog)
     assert sorted(dialog.list.item(i).text() for i in range(dialog.list.count())) == listed
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     assert snapshot_names(guest.name) == left_in_libvirt
     assert sorted(internal_snapshots_in(guest.disks["vda"])) == left_in_image
@@ -362,27 +343,19 @@ def test_clone_current_state_from_the_now_row(
     guest = make_guest()
     guest.write(0xA7, 0, MIB)
     open_vm(qtbot, window, guest.name, NOW_KEY)
-    trigger(qtbot, window, NOW_KEY, "C&lone current state…")
-    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, CloneDialog), timeout=WAIT_MS)
-    dialog = window.operations.dialog
-    assert isinstance(dialog, CloneDialog)
+    dialog = open_dialog(qtbot, window, NOW_KEY, "C&lone current state…", CloneDialog)
     assert not dialog.linked_button.isEnabled()  # Now keeps changing
     name = f"{guest.name}-now"
     clones.append(name)
     dialog.name_edit.setText(name)
     qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
-    dialog.accept()
-    job = last_job(window)
-    qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
+    job = run_dialog(qtbot, window, dialog)
     assert job.state is JobState.DONE, job.error
     disk = domain_disks(system_conn.lookupByName(name).XMLDesc(0))[0].source or ""
     assert os.path.dirname(disk) == str(guest.directory)  # beside the source by default
     assert image_holds(disk, 0xA7, 0, MIB)
     assert virsh(SYSTEM_URI, "domstate", name).stdout.strip() == "shut off"
-    qtbot.waitUntil(
-        lambda: window.tree_model.domain is not None and window.tree_model.domain.name == name,
-        timeout=WAIT_MS,
-    )
+    qtbot.waitUntil(partial(shows_vm, window, name), timeout=WAIT_MS)
 
 
 def test_show_xml_shows_what_libvirt_has(
@@ -395,9 +368,9 @@ def test_show_xml_shows_what_libvirt_has(
     qtbot.waitUntil(lambda: window.operations.dialog is not None, timeout=WAIT_MS)
     dialog = window.operations.dialog
     assert dialog is not None
-    from PySide6.QtWidgets import QPlainTextEdit
-
-    text = dialog.findChild(QPlainTextEdit).toPlainText()
+    view = dialog.findChild(QPlainTextEdit)
+    assert view is not None
+    text = view.toPlainText()
     shown = ET.fromstring(text)
     assert shown.findtext("name") == "s"
     assert shown.findtext("description") == "a <b> & c"
