@@ -37,6 +37,7 @@ from results_file import replace_section
 
 from vmsnapgui.core.domain_xml import DiskSpec, domain_disks, tiny_domain_xml
 from vmsnapgui.core.snapshot_xml import snapshot_request_xml
+from vmsnapgui.qt.app import quiet_offscreen_warnings
 from vmsnapgui.qt.app_settings import AppSettings, settings_at
 from vmsnapgui.qt.main_window import MainWindow
 from vmsnapgui.qt.operation_dialogs import (
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for index in range(args.history):
         dom.snapshotCreateXML(snapshot_request_xml(f"history-{index:03d}", "made beforehand"), 0)
 
+    quiet_offscreen_warnings()
     app = QApplication.instance() or QApplication([])
     settings = AppSettings(settings_at(str(workdir / "settings.ini")))
     window = MainWindow(settings, charts=os.environ.get("BENCH_NO_CHARTS") != "1")
