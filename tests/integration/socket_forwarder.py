@@ -25,11 +25,8 @@ class SocketForwarder:
         self._flowing.set()
 
     def hold(self) -> None:
-        """Stop passing bytes on (calls in flight wait for their replies) until resumed."""
+        """Stop passing bytes on: calls in flight wait for replies until the next cut()."""
         self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -49,6 +46,7 @@ class SocketForwarder:
             listener.close()
         with self._lock:
             pairs, self._pairs = self._pairs, []
+        self._flowing.set()  # a restarted forwarder passes bytes again
         for a, b in pairs:
             for sock in (a, b):
                 with contextlib.suppress(OSError):
