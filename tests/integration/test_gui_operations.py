@@ -1,11 +1,17 @@
 """Operations from the window on real guests: menu → dialog → result, checked with virsh
-and the disk bytes; cancel leaves nothing; failures say why and the window keeps going."""
+and the disk bytes; cancel leaves nothing; failures say why and the window keeps going.
+
+Everything is driven as a person drives it: a right-click on the row, a click on the menu
+entry or the toolbar button, a click on the dialog's button. Calling a slot or
+``dialog.accept()`` directly would skip what a person meets (``triggered(bool)``'s
+argument, a disabled OK) and once hid a revert that always demanded "Force"."""
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import libvirt
@@ -14,6 +20,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QDialog, QPlainTextEdit
 from pytestqt.qtbot import QtBot
 
+from tests.gui.user_input import pick_from_context_menu, press, press_toolbar_button
 from tests.integration.conftest import (
     MIB,
     SYSTEM_URI,
@@ -51,11 +58,8 @@ def open_vm(qtbot: QtBot, window: MainWindow, name: str, row: str) -> None:
 
 
 def trigger(qtbot: QtBot, window: MainWindow, row: str, label: str) -> None:
-    """Pick ``label`` from the row's context menu, as a user would."""
-    menu = window.build_tree_menu(row)
-    action = next(a for a in menu.actions() if a.text() == label)
-    qtbot.waitUntil(action.isEnabled, timeout=WAIT_MS)
-    action.trigger()
+    """Right-click the row and click ``label`` in its context menu, as a user would."""
+    pick_from_context_menu(window, row, label, timeout_s=WAIT_MS / 1000)
 
 
 def last_job(window: MainWindow) -> Job:
@@ -75,9 +79,18 @@ def open_dialog(qtbot: QtBot, window: MainWindow, row: str, label: str, kind: ty
     return dialog
 
 
+def press_ok(qtbot: QtBot, dialog: QDialog) -> None:
+    """Click the dialog's OK button (Take snapshot, Revert, Delete…); it must be enabled."""
+    button = getattr(dialog, "ok_button", None)
+    assert button is not None, f"{dialog!r} has no OK button"
+    press(qtbot, button)
+
+
 def run_dialog(qtbot: QtBot, window: MainWindow, dialog: QDialog) -> Job:
-    """Press OK and wait for the operation it submitted to end."""
-    dialog.accept()
+    """Click OK and wait for the operation it submitted to end."""
+    jobs_before = set(window.operations_panel._rows)
+    press_ok(qtbot, dialog)
+    assert set(window.operations_panel._rows) != jobs_before, "OK submitted nothing"
     job = last_job(window)
     qtbot.waitUntil(lambda: job.is_finished, timeout=WAIT_MS)
     return job
@@ -145,6 +158,52 @@ def test_revert_through_its_dialog_keeps_a_safety_snapshot_and_restores_the_byte
     assert heartbeat.longest < 0.5  # the window kept painting (the bench measures finer)
 
 
+@pytest.mark.parametrize("how", ["toolbar-button", "action-trigger", "context-menu"])
+def test_revert_from_the_window_needs_no_force_and_libvirt_is_not_asked_to_force(
+    window: MainWindow,
+    qtbot: QtBot,
+    make_guest: GuestFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    guest = make_guest()  # shut off: a revert that needs no force
+    guest.write(0xA1, 0, MIB)
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "good")
+    guest.write(0xB2, 0, MIB)
+    asked: list[int] = []
+    real_revert = libvirt.virDomain.revertToSnapshot
+
+    def revert_and_record(
+        dom: libvirt.virDomain, snap: libvirt.virDomainSnapshot, flags: int = 0
+    ) -> int:
+        asked.append(flags)
+        return real_revert(dom, snap, flags)
+
+    monkeypatch.setattr(libvirt.virDomain, "revertToSnapshot", revert_and_record)
+    open_vm(qtbot, window, guest.name, "good")
+    action = window.operation_actions["revert"]
+    if how == "toolbar-button":
+        press_toolbar_button(qtbot, window, action)
+    elif how == "action-trigger":
+        qtbot.waitUntil(action.isEnabled, timeout=WAIT_MS)
+        action.trigger()
+    else:
+        trigger(qtbot, window, "good", "&Revert to snapshot…")
+    qtbot.waitUntil(lambda: isinstance(window.operations.dialog, RevertDialog), timeout=WAIT_MS)
+    dialog = window.operations.dialog
+    assert isinstance(dialog, RevertDialog)
+    assert not dialog.force_box.isVisibleTo(dialog)
+    assert dialog.ok_button.isEnabled()  # nothing to tick first
+    assert dialog.force() is False
+    if how == "context-menu":
+        assert dialog.grab().save(str(tmp_path / "revert-dialog-from-context-menu.png"))
+    job = run_dialog(qtbot, window, dialog)
+    assert job.state is JobState.DONE, job.error
+    assert asked and not any(f & libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE for f in asked)
+    assert guest.holds(0xA1, 0, MIB) and not guest.holds(0xB2, 0, MIB)
+
+
 def test_delete_through_its_dialog(
     window: MainWindow, qtbot: QtBot, make_guest: GuestFactory
 ) -> None:
@@ -171,7 +230,8 @@ def test_cancelling_a_clone_from_the_panel_leaves_nothing_behind(
     dialog = open_dialog(qtbot, window, "big", "C&lone…", CloneDialog)
     qtbot.waitUntil(lambda: dialog.required is not None, timeout=WAIT_MS)
     dialog.name_edit.setText(f"{guest.name}-c")
-    dialog.accept()
+    qtbot.waitUntil(dialog.ok_button.isEnabled, timeout=WAIT_MS)
+    press_ok(qtbot, dialog)
     job = last_job(window)
     panel = window.operations_panel
 

@@ -275,12 +275,16 @@ class SnapshotOperations(QObject):
     # -- revert -------------------------------------------------------------------------
 
     @Slot()
-    def revert(self, force_reason: str | None = None) -> None:
-        """Show what a revert loses, then revert (with a safety snapshot by default)."""
+    def revert(self) -> None:
+        """Show what a revert loses, then revert (with a safety snapshot by default).
+
+        No parameters: ``triggered(bool)`` would fill any defaulted one. Force is only
+        offered when libvirt has refused without it (see :meth:`_on_revert_failed`).
+        """
         target = self.target()
         if target is None or target.snapshot is None:
             return
-        self._open_revert_dialog(target, force_reason)
+        self._open_revert_dialog(target, None)
 
     def _open_revert_dialog(self, target: Target, force_reason: str | None) -> None:
         loaded = target.host.trees.get(target.uuid)
@@ -458,8 +462,12 @@ class SnapshotOperations(QObject):
 
     # -- delete -------------------------------------------------------------------------
 
-    def delete(self, mode: DeleteMode = DeleteMode.SNAPSHOT) -> None:
-        """Say what will go and what it frees, then delete."""
+    def delete(self, mode: DeleteMode) -> None:
+        """Say what will go and what it frees, then delete.
+
+        Connected through a ``partial`` that fixes ``mode``; no default, so a signal's
+        ``checked`` can never stand in for it.
+        """
         target = self.target()
         if target is None or target.snapshot is None:
             return
