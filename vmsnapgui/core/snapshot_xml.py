@@ -210,17 +210,26 @@ def snapshot_request_xml(
     memory: MemoryKind | None = None,
     memory_file: str | None = None,
     disks: tuple[SnapshotDisk, ...] = (),
+    state: str | None = None,
+    created: int | None = None,
+    domain_xml: str | None = None,
 ) -> str:
     """The ``<domainsnapshot>`` document asking libvirt to create a snapshot.
 
     Everything left None is left to libvirt's defaults (for a running guest with qcow2
     disks: internal, with memory). Values are escaped by ElementTree, never formatted.
+    ``state``, ``created`` and ``domain_xml`` are for redefining (recording a snapshot
+    that exists in the disk images but that libvirt lost, see take_snapshot.py).
     """
     root = ET.Element("domainsnapshot")
     if name is not None:
         ET.SubElement(root, "name").text = name
     if description is not None:
         ET.SubElement(root, "description").text = description
+    if state is not None:
+        ET.SubElement(root, "state").text = state
+    if created is not None:
+        ET.SubElement(root, "creationTime").text = str(int(created))
     if memory is not None:
         attributes = {"snapshot": memory.value}
         if memory is MemoryKind.EXTERNAL and memory_file:
@@ -237,6 +246,8 @@ def snapshot_request_xml(
                     ET.SubElement(element, "driver", type=disk.driver_type)
                 if disk.file:
                     ET.SubElement(element, "source", file=disk.file)
+    if domain_xml is not None:
+        root.append(ET.fromstring(domain_xml))
     return ET.tostring(root, encoding="unicode")
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,7 @@ class Connection:
         self._domain_listeners: list[DomainEventListener] = []
         self._event_ids: list[int] = []
         self._closing = threading.Event()
+        self._wake = threading.Event()  # cuts a reconnect pause short
         self._reconnect_thread: threading.Thread | None = None
         self._generation = 0
 
@@ -260,6 +262,7 @@ class Connection:
     def close(self) -> None:
         """Close on purpose; stops any reconnection."""
         self._closing.set()
+        self._wake.set()
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
@@ -274,6 +277,41 @@ class Connection:
             return
         self._teardown(conn)
         self._on_lost(reason, detail)
+
+    def reopen(self, timeout: float) -> libvirt.virConnect:
+        """A working handle after a call found the connection dead.
+
+        Waits up to ``timeout`` seconds for the host to come back (a daemon restarting
+        takes a few): a monitoring connection's own reconnect thread is woken to try at
+        once; a one-shot connection is reopened here. Raises :class:`VirtError` with the
+        last reason when the host is still away.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.25
+        while True:
+            with self._lock:
+                conn = self._conn
+            if conn is not None and self._status.state is ConnectionState.CONNECTED:
+                return conn
+            if self._closing.is_set():
+                raise VirtError(f"The connection to {self.display_uri} was closed.")
+            if self._reconnect:
+                self._wake.set()
+            else:
+                try:
+                    return self._open_once()
+                except VirtError as exc:
+                    self._set_status(ConnectionState.LOST, exc.message, exc.detail)
+            if time.monotonic() + pause > deadline:
+                status = self._status
+                reason = f" ({status.reason})" if status.reason else ""
+                raise VirtError(
+                    f"The host behind {self.display_uri} has not come back within "
+                    f"{timeout:.0f} seconds{reason}.",
+                    detail=status.detail,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     # -- internals -----------------------------------------------------------------
 
@@ -382,7 +420,9 @@ class Connection:
         while not self._closing.is_set():
             delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
             attempt += 1
-            if self._closing.wait(delay):
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._closing.is_set():
                 return
             self._set_status(ConnectionState.CONNECTING, reason, attempt=attempt)
             try:
@@ -419,6 +459,29 @@ class Connection:
                 listener(status)
             except Exception:
                 _log.exception("connection listener failed")
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
+
+
+def is_local_uri(uri: str | None) -> bool:
+    """True when a libvirt URI names this machine: no host part, or a loopback name."""
+    if not uri:
+        return True
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        return False
+    return host is None or host == "" or host.lower() in _LOOPBACK_HOSTS
+
+
+def files_are_here(uri: str | None) -> bool:
+    """True when the paths a host's definitions name are files on this computer.
+
+    Local QEMU hosts, yes; the test driver's paths are made up, and a remote host's
+    files are on that host.
+    """
+    return is_local_uri(uri) and not (uri or "").startswith("test:")
 
 
 def _needs_event_loop(uri: str) -> bool:

@@ -35,17 +35,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import libvirt
 
 from vmsnapgui.core.byte_source import ByteSource, FileByteSource
 from vmsnapgui.core.disk_usage import DiskUsage, DomainUsage, PoolSpace, SnapshotUsage
+from vmsnapgui.core.file_references import resolve_backing_path
 from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
 from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.virt.analysis_process import analyse_file
+from vmsnapgui.virt.connection import is_local_uri
 from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots, SnapshotLoader
 from vmsnapgui.virt.volume_source import (
@@ -71,7 +72,6 @@ benchmarks, and checking what a remote client would see)."""
 
 NOW = "Now"
 _QCOW2_MAGIC = b"QFI\xfb"
-_LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
 # A chain deeper than this is a loop of backing files or a hostile image, not a real VM.
 _MAX_CHAIN = 256
 
@@ -162,27 +162,6 @@ def _layer(element: ET.Element, fmt: str | None) -> ChainLayer | None:
         return ChainLayer(None, fmt, kind, label)
     protocol = source.get("protocol", kind)
     return ChainLayer(None, fmt, kind, f"{protocol} source {source.get('name', '')}".strip())
-
-
-def is_local_uri(uri: str | None) -> bool:
-    """True when a libvirt URI names this machine: no host part, or a loopback name."""
-    if not uri:
-        return True
-    try:
-        host = urlsplit(uri).hostname
-    except ValueError:
-        return False
-    return host is None or host == "" or host.lower() in _LOOPBACK_HOSTS
-
-
-def _resolve_backing(path: str, backing: str) -> str | None:
-    """Where a backing file named in a header lives; None for a protocol or json: name."""
-    if backing.startswith("json:") or (":" in backing.split("/", 1)[0]):
-        return None
-    if posixpath.isabs(backing):
-        return backing
-    # QEMU resolves a relative name against the directory of the overlay naming it.
-    return posixpath.join(posixpath.dirname(path), backing)
 
 
 # --------------------------------------------------------------------------- results
@@ -503,7 +482,7 @@ class _Measurement:
             return _LayerResult(reason=exc.message.rstrip("."))
         backing = None
         if usage.layout.backing_file:
-            resolved = _resolve_backing(key.path, usage.layout.backing_file)
+            resolved = resolve_backing_path(key.path, usage.layout.backing_file)
             backing = ChainLayer(
                 resolved,
                 usage.layout.backing_format,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import libvirt
 
+from vmsnapgui.core.byte_source import FileByteSource
 from vmsnapgui.core.domain_xml import (
     DomainDisk,
     domain_disks,
@@ -31,20 +32,23 @@ from vmsnapgui.core.progress import (
     ProgressCallback,
     ignore_progress,
 )
-from vmsnapgui.core.snapshot import DiskKind, MemoryKind, SnapshotDisk
-from vmsnapgui.core.snapshot_xml import snapshot_request_xml
+from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Snapshot, read_layout
+from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, SnapshotDisk
+from vmsnapgui.core.snapshot_xml import parse_snapshot_xml, snapshot_request_xml
+from vmsnapgui.core.units import format_bytes
 from vmsnapgui.core.validation import ValidationError, validate_description, validate_snapshot_name
-from vmsnapgui.virt.errors import explain
+from vmsnapgui.virt.connection import files_are_here
+from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
+from vmsnapgui.virt.host_files import FileExists, FileIdentity, Removal, create_exclusive
 from vmsnapgui.virt.operations import (
     default_snapshot_name,
     domain_state,
     file_stem,
-    remove_new_files,
     resolve_domain,
     run_watched,
     snapshot_names,
-    unused_path,
 )
+from vmsnapgui.virt.recovery import host_after_failure, kept_files_sentence, remove_unused
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
 _log = logging.getLogger(__name__)
@@ -139,6 +143,8 @@ class TakeResult:
     mode: SnapshotMode
     files: tuple[str, ...] = field(default=())
     seconds: float = 0.0
+    note: str | None = None
+    """Something the user should know although it worked (the connection dropped…)."""
 
 
 def take_options(loader: SnapshotLoader, domain: str | libvirt.virDomain) -> TakeOptions:
@@ -241,9 +247,17 @@ def take_snapshot(
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
 ) -> TakeResult:
-    """Take a snapshot as asked; on failure or cancel nothing new is left behind."""
+    """Take a snapshot as asked; on failure or cancel nothing new is left behind.
+
+    On this computer the new files (overlays, memory file) are created by us first,
+    empty and exclusively, so that a failure can tell them from anyone else's: libvirt
+    fills a zero-length file it finds in place. When the connection drops mid-call, the
+    host is asked again what happened before anything is removed (``virt/recovery.py``).
+    """
     started = time.monotonic()
+    started_wall = time.time()
     dom = resolve_domain(loader, domain)
+    uuid = dom.UUIDString()
     options = take_options(loader, dom)
     existing = snapshot_names(dom)
     name = request.name if request.name is not None else options.default_name
@@ -269,44 +283,23 @@ def take_snapshot(
     if request.live and mode is not SnapshotMode.EXTERNAL_MEMORY:
         raise ValidationError("Live snapshots need an external snapshot with memory.")
 
-    new_files: list[Path] = []
-    disks: tuple[SnapshotDisk, ...] = ()
-    memory_file: str | None = None
-    if mode.external:
-        taken: set[str] = set()
-        overlays = []
-        for disk in options.disks:
-            source = Path(disk.source or "")
-            directory = Path(request.overlay_dir) if request.overlay_dir else source.parent
-            # Named after the VM and disk, not the current layer, so chains of external
-            # snapshots do not grow ever longer file names.
-            stem = f"{file_stem(options.domain)}-{disk.target}.{file_stem(name)}"
-            overlay = unused_path(directory, stem, ".qcow2", taken)
-            taken.add(str(overlay))
-            overlays.append(SnapshotDisk(disk.target, DiskKind.EXTERNAL, str(overlay), "qcow2"))
-            new_files.append(overlay)
-        disks = tuple(overlays)
-        if mode is SnapshotMode.EXTERNAL_MEMORY:
-            if request.memory_file:
-                memory_path = Path(request.memory_file)
-                if memory_path.exists():
-                    raise ValidationError(f"The memory file {memory_path} exists already.")
-            else:
-                first = Path(options.disks[0].source or "")
-                memory_path = unused_path(
-                    first.parent, f"{file_stem(options.domain)}.{file_stem(name)}", ".mem"
-                )
-            memory_file = str(memory_path)
-            new_files.append(memory_path)
+    here = files_are_here(loader.connection.display_uri)
+    if here and not mode.external:
+        _refuse_unlisted_internal(options.disks, name)
+    check_take_space(loader, options, mode, request, here)
 
+    owned: list[FileIdentity] = []
+    try:
+        disks, memory_file = _new_files(options, name, mode, request, here, owned)
+    except BaseException:
+        _remove_fresh(owned)
+        raise
     memory = {
         SnapshotMode.INTERNAL_MEMORY: MemoryKind.INTERNAL,
         SnapshotMode.INTERNAL_DISK: MemoryKind.NONE,
         SnapshotMode.EXTERNAL_MEMORY: MemoryKind.EXTERNAL,
         SnapshotMode.EXTERNAL_DISK: MemoryKind.NONE,
     }[mode]
-    if mode is SnapshotMode.INTERNAL_DISK:
-        disks = tuple(SnapshotDisk(d.target, DiskKind.INTERNAL) for d in options.disks)
     xml = snapshot_request_xml(
         name, description, memory=memory, memory_file=memory_file, disks=disks
     )
@@ -326,8 +319,9 @@ def take_snapshot(
         SnapshotMode.EXTERNAL_DISK: "Creating overlay files",
     }[mode]
     progress(Progress(phase, unit="bytes", can_cancel=cancellable))
-    if cancel is not None:
-        cancel.raise_if_cancelled()
+    if cancel is not None and cancel.cancelled:
+        _remove_fresh(owned)
+        raise Cancelled("Cancelled; no snapshot was taken.")
 
     def poll() -> Progress | None:
         stats = dom.jobStats(0)
@@ -343,6 +337,19 @@ def take_snapshot(
         except libvirt.libvirtError as exc:
             _log.info("aborting the snapshot job failed: %s", exc)
 
+    attempt = _Attempt(
+        loader,
+        uuid,
+        name,
+        mode,
+        description,
+        tuple(owned),
+        tuple(d.file for d in disks if d.file) + ((memory_file,) if memory_file else ()),
+        options,
+        domain_state(dom),
+        started_wall,
+        here,
+    )
     try:
         run_watched(
             lambda: dom.snapshotCreateXML(xml, flags),
@@ -352,13 +359,10 @@ def take_snapshot(
             abort,
         )
     except libvirt.libvirtError as exc:
-        remove_new_files(new_files)
-        loader.forget(dom.UUIDString(), name)
-        if cancel is not None and cancel.cancelled:
-            raise Cancelled(
-                "Cancelled; no snapshot was taken and its files were removed."
-            ) from None
-        raise explain(exc, f"taking snapshot {name!r}") from None
+        loader.forget(uuid, name)
+        outcome = attempt.after_failure(exc, progress, cancel)
+        progress(Progress("Done", 1, 1, "steps"))
+        return replace(outcome, seconds=time.monotonic() - started)
     if cancel is not None and cancel.cancelled:
         # Too late to abort: QEMU had finished. The snapshot exists; say so.
         _log.info("cancel arrived after snapshot %s was complete", name)
@@ -366,6 +370,365 @@ def take_snapshot(
     return TakeResult(
         name=name,
         mode=mode,
-        files=tuple(str(p) for p in new_files),
+        files=attempt.files,
         seconds=time.monotonic() - started,
     )
+
+
+# --------------------------------------------------------------------------- new files
+
+
+def _new_files(
+    options: TakeOptions,
+    name: str,
+    mode: SnapshotMode,
+    request: TakeRequest,
+    here: bool,
+    owned: list[FileIdentity],
+) -> tuple[tuple[SnapshotDisk, ...], str | None]:
+    """Each disk's part of the request and the memory file's path; on this computer the
+    files are made now (empty, exclusively) and appended to ``owned``."""
+    if mode is SnapshotMode.INTERNAL_DISK:
+        return tuple(SnapshotDisk(d.target, DiskKind.INTERNAL) for d in options.disks), None
+    if not mode.external:
+        return (), None
+    overlays = []
+    for disk in options.disks:
+        source = disk.source or ""
+        directory = request.overlay_dir or os.path.dirname(source)
+        # Named after the VM and disk, not the current layer, so chains of external
+        # snapshots do not grow ever longer file names.
+        stem = f"{file_stem(options.domain)}-{disk.target}.{file_stem(name)}"
+        path = _claim(directory, stem, ".qcow2", here, owned, like=source)
+        overlays.append(SnapshotDisk(disk.target, DiskKind.EXTERNAL, path, "qcow2"))
+    memory_file = None
+    if mode is SnapshotMode.EXTERNAL_MEMORY:
+        if request.memory_file:
+            memory_file = os.path.abspath(request.memory_file)
+            if here:
+                try:
+                    owned.append(create_exclusive(memory_file, mode=0o600))
+                except FileExists:
+                    raise ValidationError(
+                        f"The memory file {memory_file} exists already."
+                    ) from None
+                except OSError as exc:
+                    raise ValidationError(
+                        f"The memory file {memory_file} cannot be created: {exc.strerror}."
+                    ) from None
+        else:
+            first = os.path.dirname(options.disks[0].source or "")
+            stem = f"{file_stem(options.domain)}.{file_stem(name)}"
+            # Guest memory holds secrets: readable by its owner only, whatever the disks.
+            memory_file = _claim(first, stem, ".mem", here, owned, mode=0o600)
+    return tuple(overlays), memory_file
+
+
+def _claim(
+    directory: str,
+    stem: str,
+    suffix: str,
+    here: bool,
+    owned: list[FileIdentity],
+    *,
+    like: str | None = None,
+    mode: int = 0o600,
+) -> str:
+    """A free path ``directory/stem[-N]suffix``; made (empty) on this computer, where
+    another client racing for the same name gets the next number instead."""
+    directory = os.path.abspath(directory or ".")
+    if not here:
+        return os.path.join(directory, f"{stem}{suffix}")
+    for counter in range(1, 1000):
+        path = os.path.join(directory, f"{stem}{suffix if counter == 1 else f'-{counter}{suffix}'}")
+        try:
+            owned.append(create_exclusive(path, like=like if _readable(like) else None, mode=mode))
+            return path
+        except FileExists:
+            continue
+        except OSError as exc:
+            raise ValidationError(
+                f"Cannot create a snapshot file in {directory}: {exc.strerror}."
+            ) from None
+    raise ValidationError(f"Too many files called {stem}… in {directory}.")
+
+
+def _readable(path: str | None) -> bool:
+    return bool(path) and os.path.exists(path or "")
+
+
+def _remove_fresh(owned: list[FileIdentity]) -> None:
+    """Remove files made a moment ago that nothing was told about yet."""
+    for identity in owned:
+        if identity.is_same_file():
+            try:
+                os.unlink(identity.path)
+            except OSError as exc:
+                _log.warning("could not remove %s: %s", identity.path, exc)
+
+
+# --------------------------------------------------------------------------- space
+
+
+# What a snapshot needs beyond the guest's memory: overlay headers, new L1 and refcount
+# tables, libvirt's metadata; generous, since running out half way costs far more.
+DISK_MARGIN = 16 * 1024 * 1024
+MEMORY_MARGIN = 64 * 1024 * 1024
+
+
+def check_take_space(
+    loader: SnapshotLoader,
+    options: TakeOptions,
+    mode: SnapshotMode,
+    request: TakeRequest,
+    here: bool,
+) -> None:
+    """Refuse, with the numbers, a snapshot that cannot fit where it will be written.
+
+    An internal memory snapshot grows the first disk image by about the guest's memory,
+    and QEMU does not give that space back when it fails; an external one writes a file
+    of that size. Only folders whose free space can be known are checked (this
+    computer's, or a storage pool's on a remote host).
+    """
+    if not options.disks:
+        return
+    first = options.disks[0].source or ""
+    needs: dict[str, int] = {}
+
+    def need(folder: str, amount: int) -> None:
+        folder = os.path.abspath(folder or ".")
+        needs[folder] = needs.get(folder, 0) + amount
+
+    if mode is SnapshotMode.INTERNAL_MEMORY:
+        need(os.path.dirname(first), options.memory_bytes + MEMORY_MARGIN)
+    elif mode is SnapshotMode.INTERNAL_DISK:
+        need(os.path.dirname(first), DISK_MARGIN)
+    else:
+        for disk in options.disks:
+            need(request.overlay_dir or os.path.dirname(disk.source or ""), DISK_MARGIN)
+        if mode is SnapshotMode.EXTERNAL_MEMORY:
+            memory_dir = (
+                os.path.dirname(os.path.abspath(request.memory_file))
+                if request.memory_file
+                else os.path.dirname(first)
+            )
+            need(memory_dir, options.memory_bytes + MEMORY_MARGIN)
+    for folder, amount in needs.items():
+        free = free_space(loader, folder, here)
+        if free is not None and free < amount:
+            what = "the snapshot"
+            if mode.with_memory:
+                what = f"the snapshot (about {format_bytes(options.memory_bytes)} of memory)"
+            raise ValidationError(
+                f"Not enough space for {what}: it needs {format_bytes(amount)} in {folder} "
+                f"but only {format_bytes(free)} is free."
+            )
+
+
+def free_space(loader: SnapshotLoader, folder: str, here: bool) -> int | None:
+    """Bytes free for new files in ``folder``, or None when that cannot be known."""
+    if here:
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            return None
+        return stats.f_bavail * stats.f_frsize
+    try:
+        pool = loader.connection.conn.storagePoolLookupByTargetPath(folder)
+        return int(pool.info()[3])
+    except (libvirt.libvirtError, AttributeError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------- internal
+
+
+def _refuse_unlisted_internal(disks: tuple[DomainDisk, ...], name: str) -> None:
+    """Refuse a name that a disk image already holds as an internal snapshot libvirt
+    does not list: QEMU would replace that snapshot with the new one."""
+    for disk in disks:
+        entries = internal_entries(disk.source)
+        if entries is not None and any(entry.name == name for entry in entries):
+            raise ValidationError(
+                f"The disk image {disk.source} already holds an internal snapshot called "
+                f"{name!r} that libvirt does not list; taking another one by that name "
+                "would replace it. Choose another name."
+            )
+
+
+def internal_entries(path: str | None) -> list[Qcow2Snapshot] | None:
+    """The internal snapshots in a local qcow2 image's table; None when unreadable."""
+    if not path:
+        return None
+    try:
+        with FileByteSource(path) as source:
+            return list(read_layout(source).snapshots)
+    except (OSError, Qcow2Error):
+        return None
+
+
+# --------------------------------------------------------------------------- failure
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One snapshotCreateXML call, with what is needed to tell afterwards what it did."""
+
+    loader: SnapshotLoader
+    uuid: str
+    name: str
+    mode: SnapshotMode
+    description: str | None
+    owned: tuple[FileIdentity, ...]
+    files: tuple[str, ...]
+    options: TakeOptions
+    state_before: DomainState
+    started_wall: float
+    here: bool
+
+    def after_failure(
+        self, exc: libvirt.libvirtError, progress: ProgressCallback, cancel: CancelToken | None
+    ) -> TakeResult:
+        """Return the result when the snapshot was taken after all; otherwise remove what
+        is ours and unused, and raise the error, saying how the VM is now."""
+        doing = f"taking snapshot {self.name!r}"
+        conn = host_after_failure(self.loader.connection, exc, doing, self.files, progress)
+        lost = is_connection_lost(exc)
+        try:
+            dom = conn.lookupByUUIDString(self.uuid)
+        except libvirt.libvirtError as again:
+            raise explain(again, f"looking up the VM again after {doing}") from None
+        if lost and self._was_taken(dom):
+            return TakeResult(
+                self.name,
+                self.mode,
+                self.files,
+                note="The connection to the host dropped during the snapshot, but the host "
+                "finished it.",
+            )
+        adopted = self._adopt_internal(dom) if lost else None
+        if adopted is not None:
+            return adopted
+        removals = remove_unused(conn, self.owned, local=self.here)
+        error = explain(exc, doing)
+        message = error.message
+        if cancel is not None and cancel.cancelled and not lost:
+            message = "Cancelled; no snapshot was taken and its files were removed."
+        message += kept_files_sentence(removals)
+        message += self._state_sentence(dom, removals)
+        if cancel is not None and cancel.cancelled and not lost:
+            raise Cancelled(message)
+        raise VirtError(message, detail=error.detail, code=error.code)
+
+    def _was_taken(self, dom: libvirt.virDomain) -> bool:
+        """True when the host lists the snapshot and it is the one this call made."""
+        try:
+            snapshot = dom.snapshotLookupByName(self.name, 0)
+            record = parse_snapshot_xml(snapshot.getXMLDesc(0), self.name)
+        except libvirt.libvirtError:
+            return False
+        if self.mode.external:
+            return {d.file for d in record.disks if d.file} >= {
+                f for f in self.files if not f.endswith(".mem")
+            }
+        return record.created is None or record.created >= int(self.started_wall) - 1
+
+    def _adopt_internal(self, dom: libvirt.virDomain) -> TakeResult | None:
+        """An internal snapshot QEMU finished but libvirt never recorded (its daemon died
+        in between): record it, so the user has it and it is not a hidden orphan."""
+        if self.mode.external or not self.here:
+            return None
+        made = []
+        for disk in self.options.disks:
+            entries = internal_entries(disk.source)
+            mine = [
+                e
+                for e in entries or ()
+                if e.name == self.name and e.date_sec >= int(self.started_wall) - 1
+            ]
+            made.append(mine[0] if mine else None)
+        if not any(made):
+            return None
+        if not all(made):
+            partial = [
+                d.source or d.target for d, e in zip(self.options.disks, made, strict=True) if e
+            ]
+            raise VirtError(
+                f"The connection to the host was lost while taking snapshot {self.name!r}; "
+                f"the snapshot was saved inside {', '.join(partial)} but not in the other "
+                "disks, and libvirt does not list it. Remove it with 'qemu-img snapshot -d' "
+                "once the VM is shut off."
+            )
+        first = next(e for e in made if e is not None)
+        try:
+            domain_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+            xml = snapshot_request_xml(
+                self.name,
+                self.description,
+                memory=MemoryKind.INTERNAL if self.mode.with_memory else MemoryKind.NONE,
+                disks=tuple(SnapshotDisk(d.target, DiskKind.INTERNAL) for d in self.options.disks),
+                state="running" if self.state_before.is_active else "shutoff",
+                created=first.date_sec,
+                domain_xml=domain_xml,
+            )
+            dom.snapshotCreateXML(
+                xml,
+                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+                | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
+            )
+        except libvirt.libvirtError as exc:
+            raise explain(
+                exc, f"recording snapshot {self.name!r}, which QEMU saved but libvirt lost"
+            ) from None
+        note = (
+            "The connection to the host dropped during the snapshot; QEMU finished it and "
+            "it was recorded again."
+        )
+        resumed = self._resume_if_we_paused(dom)
+        if resumed:
+            note += " " + resumed
+        return TakeResult(self.name, self.mode, (), note=note)
+
+    def _resume_if_we_paused(self, dom: libvirt.virDomain) -> str | None:
+        """Resume a VM that was running and that the snapshot left paused."""
+        try:
+            state, reason = dom.state(0)
+        except libvirt.libvirtError:
+            return None
+        if not (
+            self.state_before is DomainState.RUNNING
+            and state == libvirt.VIR_DOMAIN_PAUSED
+            and reason in _SNAPSHOT_PAUSE_REASONS
+        ):
+            return None
+        try:
+            dom.resume()
+        except libvirt.libvirtError as exc:
+            return f"The VM was left paused and could not be resumed: {explain(exc).message}"
+        return "The VM, which the snapshot had paused, was resumed."
+
+    def _state_sentence(self, dom: libvirt.virDomain, removals: list[Removal]) -> str:
+        """How the VM is now, when the failure changed it (left paused)."""
+        if any(not r.removed for r in removals):
+            # QEMU may be writing to a file libvirt does not know: leave it as it is.
+            try:
+                state = DomainState.from_code(dom.state(0)[0])
+            except libvirt.libvirtError:
+                return ""
+            if state is not self.state_before:
+                return f" The VM is {state.value} now (it was {self.state_before.value})."
+            return ""
+        resumed = self._resume_if_we_paused(dom)
+        return f" {resumed}" if resumed else ""
+
+
+# Paused by libvirt for the snapshot (or a save that was its memory part).
+_SNAPSHOT_PAUSE_REASONS = frozenset(
+    {
+        libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT,
+        libvirt.VIR_DOMAIN_PAUSED_SAVE,
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+        libvirt.VIR_DOMAIN_PAUSED_FROM_SNAPSHOT,
+        libvirt.VIR_DOMAIN_PAUSED_UNKNOWN,
+    }
+)
