@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 from urllib.parse import urlsplit
 
 import libvirt
 
 from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.quoting import quoted, shortened
 
 
 class VirtError(UserError):
@@ -58,39 +61,115 @@ def explain_open_error(exc: libvirt.libvirtError, uri: str | None) -> VirtError:
     code = exc.get_error_code()
     host = host_of(uri)
     lowered = raw.lower()
+    named = quoted(uri) if uri else "the default URI"
     if "no connection driver available" in lowered:
-        message = f"No libvirt driver handles {uri!r}; check the URI or install the driver."
+        message = f"No libvirt driver handles {named}; check the URI or install the driver."
     elif "unable to parse uri" in lowered or ("unexpected" in lowered and "uri" in lowered):
-        message = f"{uri!r} is not a valid libvirt URI (for example qemu:///system)."
+        message = f"{named} is not a valid libvirt URI (for example qemu:///system)."
+    elif (refusal := _ssh_refusal(raw, code, uri)) is not None:
+        message = refusal
+    elif (ssh_unreachable := _SSH_CONNECT_FAILED.search(raw)) is not None:
+        message = (
+            f"SSH could not reach {shortened(ssh_unreachable['host'])} port "
+            f"{ssh_unreachable['port']}: {_sentence(ssh_unreachable['reason']).lower()}"
+        )
     elif "permission denied" in lowered or code == libvirt.VIR_ERR_AUTH_FAILED:
         message = (
-            f"Permission denied by the libvirt daemon on {host}; "
+            f"Permission denied by the libvirt daemon on {shortened(host)}; "
             "your user may need to be in the 'libvirt' group."
         )
     elif "authentication" in lowered or code == libvirt.VIR_ERR_AUTH_CANCELLED:
-        message = f"Authentication with the libvirt daemon on {host} failed."
+        message = f"Authentication with the libvirt daemon on {shortened(host)} failed."
     elif "name or service not known" in lowered or "could not resolve" in lowered:
-        message = f"The host {host!r} could not be found (unknown name)."
+        message = f"The host {quoted(host)} could not be found (unknown name)."
     elif (
         "no route to host" in lowered
         or "timed out" in lowered
         or "network is unreachable" in lowered
         or "host key verification" in lowered
     ):
-        message = f"The host {host!r} cannot be reached."
+        message = f"The host {quoted(host)} cannot be reached."
     elif "connection refused" in lowered and host != "this computer":
-        message = f"No libvirt daemon is listening on {host!r} (connection refused)."
+        message = f"No libvirt daemon is listening on {quoted(host)} (connection refused)."
     elif (
         "no such file or directory" in lowered
         or "connection refused" in lowered
         or "failed to connect socket" in lowered
     ):
-        message = f"The libvirt daemon is not running on {host} (nothing listens on its socket)."
+        message = (
+            f"The libvirt daemon is not running on {shortened(host)} "
+            "(nothing listens on its socket)."
+        )
     elif (uri or "").startswith("test:") or "failed to parse xml document" in lowered:
-        message = f"The test-driver file for {uri!r} could not be read as libvirt XML."
+        message = f"The test-driver file for {named} could not be read as libvirt XML."
     else:
-        message = f"Could not connect to {uri or 'the default hypervisor'}: {_sentence(raw)}"
+        where = shortened(uri) if uri else "the default hypervisor"
+        message = f"Could not connect to {where}: {_sentence(raw)}"
     return VirtError(message, detail=raw, code=code)
+
+
+# What the ssh command prints when the server turns every offered method down:
+# "root@host: Permission denied (publickey,password)." (libvirt passes it on).
+_SSH_PERMISSION_DENIED = re.compile(
+    r"(?:(?P<user>[^\s@:]+)@(?P<host>[^\s:]+): )?Permission denied \((?P<methods>[a-z0-9,@.-]+)\)"
+)
+_SSH_CONNECT_FAILED = re.compile(
+    r"ssh: connect to host (?P<host>\S+) port (?P<port>\d+): (?P<reason>[^:]+)"
+)
+# URI transports that log in with SSH (the ssh command, libssh, libssh2).
+_SSH_TRANSPORTS = frozenset({"ssh", "libssh", "libssh2"})
+
+
+def _ssh_refusal(raw: str, code: int, uri: str | None) -> str | None:
+    """The sentence for an SSH server refusing the login, or None when it was not that.
+
+    libvirt's own "Permission denied" (its socket, polkit) means the user may need the
+    'libvirt' group; ssh's "Permission denied (publickey)" means the key or password
+    was not accepted, which no group membership mends.
+    """
+    parts = _uri_parts(uri)
+    over_ssh = parts is not None and parts[0] in _SSH_TRANSPORTS
+    denied = _SSH_PERMISSION_DENIED.search(raw)
+    if denied is not None and (over_ssh or denied["user"]):
+        # ssh names the user it really tried (its config may choose one the URI does not).
+        user = denied["user"] or (parts[1] if parts else None) or _local_user()
+        host = (parts[2] if parts else None) or denied["host"] or host_of(uri)
+        why = f"ssh: Permission denied ({denied['methods']})"
+    elif over_ssh and code == libvirt.VIR_ERR_AUTH_FAILED and parts is not None:
+        # libssh and libssh2 report a refused login as a libvirt authentication failure.
+        user = parts[1] or _local_user()
+        host = parts[2] or host_of(uri)
+        why = re.sub(r"^authentication failed:\s*", "", _sentence(raw)).rstrip(".")
+    else:
+        return None
+    return (
+        f"SSH refused the login to {shortened(host)} as {shortened(user)} ({why}); "
+        "check the key or password for that account."
+    )
+
+
+def _uri_parts(uri: str | None) -> tuple[str, str | None, str | None] | None:
+    """(transport, user, host[:port]) of a libvirt URI such as qemu+ssh://u@h:22/system."""
+    if not uri:
+        return None
+    try:
+        split = urlsplit(uri)
+        port = split.port
+    except ValueError:
+        return None
+    transport = split.scheme.partition("+")[2].lower()
+    host = split.hostname
+    if host is not None and port is not None:
+        host = f"{host}:{port}"
+    return transport, split.username, host
+
+
+def _local_user() -> str:
+    """The login name ssh and libvirt use when the URI names none."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def explain(exc: BaseException, doing: str | None = None) -> VirtError:
@@ -113,6 +192,10 @@ def explain(exc: BaseException, doing: str | None = None) -> VirtError:
         reason = "that virtual machine does not exist (any more)."
     elif code == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
         reason = "that snapshot does not exist (any more)."
+    elif code == libvirt.VIR_ERR_OPERATION_DENIED and "read only access" in raw.lower():
+        # libvirt's "operation forbidden: read only access prevents virDomain…": the
+        # connection was opened read-only, not a missing permission of the user's.
+        reason = "the connection is read-only, and this needs a read-write connection."
     elif code == libvirt.VIR_ERR_OPERATION_DENIED or "permission denied" in raw.lower():
         reason = "permission denied."
     elif code == libvirt.VIR_ERR_NO_SUPPORT:

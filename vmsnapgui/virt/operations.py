@@ -21,6 +21,7 @@ from typing import TypeVar
 import libvirt
 
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DomainState
 from vmsnapgui.core.snapshot_xml import with_description
 from vmsnapgui.core.validation import validate_description
@@ -53,10 +54,10 @@ def lookup_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnaps
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
             raise VirtError(
-                f"The virtual machine {dom.name()!r} has no snapshot called {name!r}.",
+                f"The virtual machine {quoted(dom.name())} has no snapshot called {quoted(name)}.",
                 detail=exc.get_error_message(),
             ) from None
-        raise explain(exc, f"looking up snapshot {name!r}") from None
+        raise explain(exc, f"looking up snapshot {quoted(name)}") from None
 
 
 def snapshot_names(dom: libvirt.virDomain) -> set[str]:
