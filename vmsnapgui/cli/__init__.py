@@ -1,27 +1,44 @@
 """``vmsnap``: the command-line face of the snapshot engine.
 
-Exit status: 0 on success, 1 with one line on stderr on failure, 2 for usage errors.
+Exit status: 0 on success, 1 with one line on stderr on failure, 2 for usage errors,
+141 (quietly) when the reader of the output has gone away, as with coreutils.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from vmsnapgui import __version__
 from vmsnapgui.cli import du_command, read_commands, write_commands
-from vmsnapgui.cli.common import EXIT_FAILURE, EXIT_USAGE, Session, printable
+from vmsnapgui.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    Session,
+    report_failure,
+)
 from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.quoting import quoted
 
 # Each module adds its verbs to the parser: register(subparsers) and set_defaults(run=…).
 COMMAND_MODULES = (read_commands, write_commands, du_command)
 
 
+# CPython's argparse until its fix of gh-81691 (3.13, late 3.12 releases; this is
+# 3.11) takes the first "--" out of each positional's words, so in ``take VM -- --``
+# the name "--" vanished and a default name was used. Every "--" after the first one
+# stands for a literal "--" while argparse parses; no real argument can contain NUL.
+_LITERAL_DOUBLE_DASH = "\0--"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        message = message.replace(_LITERAL_DOUBLE_DASH, "--")
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -50,20 +67,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``vmsnap``'s arguments; after a first ``--`` every word is a value, ``--`` too."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--" in words:
+        first = words.index("--") + 1
+        words[first:] = [_LITERAL_DOUBLE_DASH if w == "--" else w for w in words[first:]]
+    args = build_parser().parse_args(words)
+    for key, value in vars(args).items():
+        if value == _LITERAL_DOUBLE_DASH:
+            setattr(args, key, "--")
+        elif isinstance(value, list):
+            setattr(args, key, ["--" if v == _LITERAL_DOUBLE_DASH else v for v in value])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmsnap``."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
-        print(f"vmsnap: {printable(exc.message)}", file=sys.stderr)
+        report_failure(exc.message)
+        return EXIT_FAILURE
+    except OSError as exc:  # a file the engine could not use: still one line
+        where = f": {quoted(os.fsdecode(exc.filename))}" if exc.filename is not None else ""
+        report_failure(f"{exc.strerror or exc}{where}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("vmsnap: interrupted", file=sys.stderr)
+        report_failure("interrupted")
         return EXIT_FAILURE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail loudly.
+
+    Python's documented recipe for SIGPIPE: output still buffered is dropped quietly.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (a test's capture)
+        pass
 
 
 def _run(args: argparse.Namespace) -> int:
+    needs_write = getattr(args, "needs_write", None)
+    if args.read_only and needs_write:
+        raise UserError(
+            f"The connection is read-only (--read-only); {needs_write} needs a "
+            "read-write connection."
+        )
     # Heavy imports (libvirt) wait until a command really needs them.
     from vmsnapgui.virt.connection import Connection
     from vmsnapgui.virt.snapshot_loader import SnapshotLoader

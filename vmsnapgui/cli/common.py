@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# The reader of our output went away (``vmsnap tree --json | head``): what a shell
+# reports for coreutils' commands, which die of SIGPIPE there (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 @dataclass
@@ -35,6 +38,11 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def report_failure(message: str) -> None:
+    """The one line on stderr that a failure gets: ``vmsnap: <message>``."""
+    print(f"vmsnap: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -7,13 +7,24 @@ cancelled (a memory snapshot to a file, a clone) and undoes what it did.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
-from vmsnapgui.cli.common import EXIT_FAILURE, EXIT_OK, Session, print_json, printable
+from vmsnapgui.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Session,
+    print_json,
+    printable,
+    report_failure,
+)
+from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import CancelToken, Progress
+from vmsnapgui.core.quoting import quoted, shortened
 from vmsnapgui.core.units import format_bytes
 
 _T = TypeVar("_T")
@@ -32,7 +43,7 @@ def register(commands: Any) -> None:
     take.add_argument("--disk-only", action="store_true", help="external, disks only")
     take.add_argument("--quiesce", action="store_true", help="freeze guest filesystems first")
     take.add_argument("--json", action="store_true")
-    take.set_defaults(run=run_take)
+    take.set_defaults(run=run_take, needs_write="taking a snapshot")
 
     revert = commands.add_parser("revert", help="revert to a snapshot (a safety snapshot first)")
     revert.add_argument("domain", metavar="DOMAIN")
@@ -45,7 +56,7 @@ def register(commands: Any) -> None:
         "--no-safety-snapshot", action="store_true", help="do not save the current state first"
     )
     revert.add_argument("--json", action="store_true")
-    revert.set_defaults(run=run_revert)
+    revert.set_defaults(run=run_revert, needs_write="reverting to a snapshot")
 
     delete = commands.add_parser("delete", help="delete a snapshot")
     delete.add_argument("domain", metavar="DOMAIN")
@@ -56,7 +67,7 @@ def register(commands: Any) -> None:
     how.add_argument("--metadata-only", action="store_true", help="forget it, keep its data")
     delete.add_argument("--yes", action="store_true", help="do not ask")
     delete.add_argument("--json", action="store_true")
-    delete.set_defaults(run=run_delete)
+    delete.set_defaults(run=run_delete, needs_write="deleting a snapshot")
 
     clone = commands.add_parser("clone", help="make a new VM from a snapshot")
     clone.add_argument("domain", metavar="DOMAIN")
@@ -66,7 +77,7 @@ def register(commands: Any) -> None:
     clone.add_argument("--start", action="store_true", help="start the clone")
     clone.add_argument("--target-dir", metavar="DIR", help="where the clone's disks go")
     clone.add_argument("--json", action="store_true")
-    clone.set_defaults(run=run_clone)
+    clone.set_defaults(run=run_clone, needs_write="cloning a virtual machine")
 
 
 # -- take -------------------------------------------------------------------------
@@ -75,7 +86,13 @@ def register(commands: Any) -> None:
 def run_take(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap take``."""
     from vmsnapgui.core.validation import ValidationError
-    from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_options, take_snapshot
+    from vmsnapgui.virt.take_snapshot import (
+        SnapshotMode,
+        TakeRequest,
+        TakeResult,
+        take_options,
+        take_snapshot,
+    )
 
     mode: SnapshotMode | None = None
     if args.disk_only:
@@ -98,24 +115,29 @@ def run_take(args: argparse.Namespace, session: Session) -> int:
     request = TakeRequest(
         name=args.name, description=args.description, mode=mode, quiesce=args.quiesce
     )
-    result = _with_progress(
+
+    def show(result: TakeResult) -> None:
+        if args.json:
+            print_json(
+                {
+                    "domain": args.domain,
+                    "snapshot": result.name,
+                    "mode": result.mode.value,
+                    "files": list(result.files),
+                }
+            )
+        else:
+            print(
+                f"Took snapshot {quoted(result.name)} of {shortened(args.domain)} "
+                f"({result.mode.label})."
+            )
+
+    return run_operation(
         lambda progress, cancel: take_snapshot(
             session.loader, args.domain, request, progress, cancel
-        )
+        ),
+        show,
     )
-    if args.json:
-        print_json(
-            {
-                "domain": args.domain,
-                "snapshot": result.name,
-                "mode": result.mode.value,
-                "files": list(result.files),
-            }
-        )
-    else:
-        name, domain = printable(result.name), printable(args.domain)
-        print(f"Took snapshot {name!r} of {domain} ({result.mode.label}).")
-    return EXIT_OK
 
 
 # -- revert -----------------------------------------------------------------------
@@ -123,10 +145,25 @@ def run_take(args: argparse.Namespace, session: Session) -> int:
 
 def run_revert(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap revert``."""
-    from vmsnapgui.virt.revert_snapshot import EndState, revert_snapshot
+    from vmsnapgui.virt.revert_snapshot import EndState, RevertResult, revert_snapshot
 
     end = EndState.RUNNING if args.running else EndState.PAUSED if args.paused else EndState.SAVED
-    result = _with_progress(
+
+    def show(result: RevertResult) -> None:
+        if args.json:
+            print_json(
+                {
+                    "domain": args.domain,
+                    "reverted_to": result.reverted_to,
+                    "safety_snapshot": result.safety_snapshot,
+                }
+            )
+        else:
+            print(f"Reverted {shortened(args.domain)} to {quoted(result.reverted_to)}.")
+            if result.safety_snapshot:
+                print(f"The state before is saved as snapshot {quoted(result.safety_snapshot)}.")
+
+    return run_operation(
         lambda progress, cancel: revert_snapshot(
             session.loader,
             args.domain,
@@ -136,21 +173,9 @@ def run_revert(args: argparse.Namespace, session: Session) -> int:
             safety_snapshot=not args.no_safety_snapshot,
             progress=progress,
             cancel=cancel,
-        )
+        ),
+        show,
     )
-    if args.json:
-        print_json(
-            {
-                "domain": args.domain,
-                "reverted_to": result.reverted_to,
-                "safety_snapshot": result.safety_snapshot,
-            }
-        )
-    else:
-        print(f"Reverted {printable(args.domain)} to {printable(result.reverted_to)!r}.")
-        if result.safety_snapshot:
-            print(f"The state before is saved as snapshot {printable(result.safety_snapshot)!r}.")
-    return EXIT_OK
 
 
 # -- delete -----------------------------------------------------------------------
@@ -158,7 +183,7 @@ def run_revert(args: argparse.Namespace, session: Session) -> int:
 
 def run_delete(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap delete``: shows what goes and asks first (unless --yes)."""
-    from vmsnapgui.virt.delete_snapshot import DeleteMode, delete_snapshot, plan_delete
+    from vmsnapgui.virt.delete_snapshot import DeleteMode, DeletePlan, delete_snapshot, plan_delete
     from vmsnapgui.virt.errors import VirtError
 
     mode = (
@@ -173,7 +198,8 @@ def run_delete(args: argparse.Namespace, session: Session) -> int:
     loaded = session.loader.load(args.domain)
     if args.snapshot not in loaded.tree:
         raise VirtError(
-            f"The virtual machine {args.domain!r} has no snapshot called {args.snapshot!r}."
+            f"The virtual machine {quoted(args.domain)} has no snapshot called "
+            f"{quoted(args.snapshot)}."
         )
     usage = None
     try:
@@ -194,21 +220,33 @@ def run_delete(args: argparse.Namespace, session: Session) -> int:
             )
             return EXIT_FAILURE
         _describe_plan(plan)
-        answer = input(f"Delete {len(plan.removes)} snapshot(s)? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
+        if not _confirmed(f"Delete {len(plan.removes)} snapshot(s)? [y/N] "):
             print("Nothing was deleted.")
             return EXIT_FAILURE
-    done = _with_progress(
+
+    def show(done: DeletePlan) -> None:
+        if args.json:
+            print_json({"domain": args.domain, "mode": mode.value, "deleted": list(done.removes)})
+        else:
+            names = ", ".join(quoted(n) for n in done.removes)
+            print(f"Deleted {names} from {shortened(args.domain)}.")
+
+    return run_operation(
         lambda progress, cancel: delete_snapshot(
             session.loader, args.domain, args.snapshot, mode, progress
-        )
+        ),
+        show,
     )
-    if args.json:
-        print_json({"domain": args.domain, "mode": mode.value, "deleted": list(done.removes)})
-    else:
-        names = ", ".join(repr(printable(n)) for n in done.removes)
-        print(f"Deleted {names} from {printable(args.domain)}.")
-    return EXIT_OK
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; Ctrl+C or Ctrl+D there means no."""
+    try:
+        answer = input(question)
+    except (EOFError, KeyboardInterrupt):
+        print()  # end the prompt's line
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _describe_plan(plan: Any) -> None:
@@ -228,7 +266,7 @@ def _describe_plan(plan: Any) -> None:
 
 def run_clone(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap clone``."""
-    from vmsnapgui.virt.clone_domain import CloneRequest, clone_domain
+    from vmsnapgui.virt.clone_domain import CloneRequest, CloneResult, clone_domain
 
     request = CloneRequest(
         new_name=args.new_name,
@@ -237,43 +275,109 @@ def run_clone(args: argparse.Namespace, session: Session) -> int:
         target_dir=args.target_dir,
         start=args.start,
     )
-    result = _with_progress(
+
+    def show(result: CloneResult) -> None:
+        if args.json:
+            print_json(
+                {
+                    "domain": args.domain,
+                    "snapshot": request.snapshot,
+                    "clone": result.name,
+                    "uuid": result.uuid,
+                    "linked": request.linked,
+                    "files": list(result.files),
+                    "started": result.started,
+                }
+            )
+        else:
+            print(
+                f"Made {'linked' if request.linked else 'full'} clone {quoted(result.name)} "
+                f"of {shortened(args.domain)}{' and started it' if result.started else ''}."
+            )
+
+    return run_operation(
         lambda progress, cancel: clone_domain(
             session.loader, args.domain, request, progress, cancel
-        )
+        ),
+        show,
     )
-    if args.json:
-        print_json(
-            {
-                "domain": args.domain,
-                "snapshot": request.snapshot,
-                "clone": result.name,
-                "uuid": result.uuid,
-                "linked": request.linked,
-                "files": list(result.files),
-                "started": result.started,
-            }
-        )
-    else:
-        print(
-            f"Made {'linked' if request.linked else 'full'} clone {printable(result.name)!r} "
-            f"of {printable(args.domain)}{' and started it' if result.started else ''}."
-        )
-    return EXIT_OK
 
 
-# -- progress ---------------------------------------------------------------------
+# -- running an operation ---------------------------------------------------------
+
+TOO_LATE = "Ctrl+C came too late to cancel; the operation finished."
+Work = Callable[[Callable[[Progress], None], CancelToken], _T]
 
 
-def _with_progress(work: Callable[[Callable[[Progress], None], CancelToken], _T]) -> _T:
-    """Run ``work`` on a thread; show progress on a terminal; Ctrl+C cancels it."""
+def run_operation(work: Work[_T], show: Callable[[_T], None]) -> int:
+    """Run ``work`` on a thread with progress on a terminal; Ctrl+C cancels it.
+
+    Ctrl+C, once or many times, at any moment, asks the operation to cancel and then
+    waits for it to finish or undo what it did: the outcome is always one line on
+    stderr (exit 1), or the result (exit 0, with a line saying Ctrl+C came too late).
+    Afterwards Ctrl+C stays ignored: vmsnap only closes its connection and exits.
+    """
+    interrupts = _Interrupts()
+    interrupts.install()
+    try:
+        try:
+            result = _wait_for(work, interrupts)
+        except UserError as exc:
+            report_failure(exc.message)
+            return EXIT_FAILURE
+        if interrupts.count:
+            report_failure(TOO_LATE)
+        show(result)
+        return EXIT_OK
+    finally:
+        interrupts.release()
+
+
+class _Interrupts:
+    """Ctrl+C counted by a signal handler instead of raised as KeyboardInterrupt.
+
+    A KeyboardInterrupt lands wherever the main thread happens to be: inside
+    ``Thread.join()`` (which then believes a running thread has ended), inside a
+    ``finally`` or a print; the undo is then no longer waited for and the process exits
+    with it half done. A handler that only counts cannot interrupt anything.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._installed = False
+
+    def install(self) -> None:
+        """Take over SIGINT (only the main thread can; elsewhere none arrives anyway)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_interrupt)
+            self._installed = True
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def release(self) -> None:
+        """Ignore Ctrl+C from now on: once the operation has ended nothing is left to
+        stop, and a press now must neither turn a reported success into "interrupted"
+        nor kill the exiting interpreter (which resets Python handlers, not SIG_IGN)."""
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _wait_for(work: Work[_T], interrupts: _Interrupts) -> _T:
     cancel = CancelToken()
     show = sys.stderr.isatty()
+    done = threading.Event()
     outcome: list[_T] = []
     failure: list[BaseException] = []
 
+    def status(line: str) -> None:
+        if show:
+            sys.stderr.write("\r\x1b[K" + line)
+            sys.stderr.flush()
+
     def report(progress: Progress) -> None:
-        if not show:
+        if cancel.cancelled:
+            status(f"Cancelling, waiting for the operation to stop: {progress.phase}…")
             return
         line = progress.phase
         if progress.fraction is not None:
@@ -282,27 +386,33 @@ def _with_progress(work: Callable[[Callable[[Progress], None], CancelToken], _T]
                 line += f" ({format_bytes(progress.done)} of {format_bytes(progress.total)})"
         if progress.can_cancel:
             line += "  [Ctrl+C cancels]"
-        sys.stderr.write("\r\x1b[K" + line)
-        sys.stderr.flush()
+        status(line)
 
     def target() -> None:
+        # Ctrl+C is vmsnap's to interpret: this thread and every process it starts
+        # (qemu-img inherits the blocked signal) must not die of the terminal's SIGINT,
+        # which reaches the whole foreground process group before our cancel does.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             outcome.append(work(report, cancel))
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the main thread below
             failure.append(exc)
+        finally:
+            done.set()
 
     thread = threading.Thread(target=target, name="vmsnap-operation")
     thread.start()
-    while thread.is_alive():
-        try:
-            thread.join(0.2)
-        except KeyboardInterrupt:
-            if show:
-                sys.stderr.write("\r\x1b[Kcancelling…")
-            cancel.cancel()
-    if show:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
+    seen = 0
+    while not done.wait(0.1):
+        if interrupts.count != seen:
+            seen = interrupts.count
+            status("Cancelling, waiting for the operation to stop…")
+            try:
+                cancel.cancel()
+            except Exception:  # an abort hook that failed: the operation decides the outcome
+                pass
+    thread.join()
+    status("")
     if failure:
         raise failure[0]
     return outcome[0]
