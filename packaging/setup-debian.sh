@@ -32,6 +32,8 @@ packages=(
     libxcb-randr0 libxcb-render-util0 libxcb-image0 fonts-dejavu-core
     # pgrep, used to see whether the daemons already run
     procps
+    # the tests' own sshd on loopback (remote access over qemu+ssh)
+    openssh-server
 )
 
 install_packages() {

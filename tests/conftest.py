@@ -34,6 +34,12 @@ def lab_uri(lab_file: Path) -> str:
     return f"test://{lab_file}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak N``: the fault tier's randomised tests run N rounds (CI runs its fixed set)."""
+    parser.addoption("--soak", type=int, default=None, help="randomised fault rounds per soak test")
+    parser.addoption("--soak-seed", type=int, default=None, help="replay a soak with this seed")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/integration/ is the real-daemon tier."""
     for item in items:

@@ -235,6 +235,29 @@ def clone_domain_xml(
     return ET.tostring(root, encoding="unicode")
 
 
+def with_disk_sources(domain_xml: str, sources: dict[str, tuple[str, str]]) -> str:
+    """The definition with the disks named in ``sources`` (target -> (file, format))
+    pointing at those files, their recorded backing chains dropped (the files' headers
+    give them)."""
+    root = ET.fromstring(domain_xml)
+    for disk in root.findall("./devices/disk"):
+        target_element = disk.find("target")
+        target = target_element.get("dev", "") if target_element is not None else ""
+        if target not in sources:
+            continue
+        path, fmt = sources[target]
+        for tag in ("source", "backingStore"):
+            for element in disk.findall(tag):
+                disk.remove(element)
+        disk.set("type", "file")
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        driver.set("type", fmt)
+        disk.insert(list(disk).index(driver) + 1, ET.Element("source", file=path))
+    return ET.tostring(root, encoding="unicode")
+
+
 def _set_child_text(root: ET.Element, tag: str, text: str) -> None:
     element = root.find(tag)
     if element is None:

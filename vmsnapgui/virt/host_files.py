@@ -34,7 +34,6 @@ from vmsnapgui.core.file_references import (
     resolve_backing_path,
     snapshot_references,
 )
-from vmsnapgui.core.qcow2 import Qcow2Error, read_layout
 from vmsnapgui.virt.errors import explain
 
 _log = logging.getLogger(__name__)
@@ -76,10 +75,10 @@ class HostReferences:
         if reference.holder not in holders:
             holders.append(reference.holder)
 
-    def holders(self, path: str) -> list[str]:
+    def holders(self, path: str, ignore_pids: frozenset[int] = frozenset()) -> list[str]:
         """Who needs the file at ``path``: definitions and snapshots naming it (or a file
         it is the same as), backing chains through it, and, on this computer, processes
-        holding it open."""
+        holding it open (but those in ``ignore_pids``)."""
         found = list(self.by_path.get(normal_path(path), ()))
         if self.local:
             try:
@@ -90,7 +89,9 @@ class HostReferences:
             for holder in self.by_identity.get(identity, ()):
                 if holder not in found:
                     found.append(holder)
-            found.extend(processes_holding(identity))
+            found.extend(
+                text for pid, text in processes_holding(identity) if pid not in ignore_pids
+            )
         return found
 
 
@@ -194,6 +195,9 @@ def _backing_file(path: str) -> str | None:
         return None
     if not stat.S_ISREG(info.st_mode):
         return None  # a FIFO would block the read; devices hold no qcow2 chains here
+    # Imported here: the qcow2 reader brings numpy, which the window's start must not wait for.
+    from vmsnapgui.core.qcow2 import Qcow2Error, read_layout
+
     try:
         with FileByteSource(path) as source:
             layout = read_layout(source)
@@ -216,9 +220,9 @@ def _index_identities(references: HostReferences) -> None:
                 references.by_identity[key].append(holder)
 
 
-def processes_holding(identity: tuple[int, int]) -> list[str]:
-    """Processes on this computer that have the file open, as "process 1234 (qemu-…)"."""
-    found: list[str] = []
+def processes_holding(identity: tuple[int, int]) -> list[tuple[int, str]]:
+    """Processes on this computer that have the file open: (pid, "process 1234 (qemu-…)")."""
+    found: list[tuple[int, str]] = []
     try:
         pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
@@ -235,7 +239,7 @@ def processes_holding(identity: tuple[int, int]) -> list[str]:
             except OSError:
                 continue
             if (info.st_dev, info.st_ino) == identity:
-                found.append(f"process {pid} ({_process_name(pid)})")
+                found.append((int(pid), f"process {pid} ({_process_name(pid)})"))
                 break
     return found
 
@@ -293,12 +297,15 @@ class Removal:
     kept_because: tuple[str, ...] = ()
 
 
-def remove_owned(identity: FileIdentity, references: HostReferences) -> Removal:
+def remove_owned(
+    identity: FileIdentity, references: HostReferences, ignore_pids: frozenset[int] = frozenset()
+) -> Removal:
     """Remove a file this operation created, unless it changed or something needs it.
 
     A file that is gone already counts as removed; a file replaced by another (a
     different inode at the path) is left alone, as is one that any definition,
-    snapshot, backing chain or process uses.
+    snapshot, backing chain or process uses. ``ignore_pids`` are processes known to
+    hold the file without using it (a QEMU that opened an overlay it never switched to).
     """
     try:
         now = os.lstat(identity.path)
@@ -315,7 +322,7 @@ def remove_owned(identity: FileIdentity, references: HostReferences) -> Removal:
             False,
             (f"the host could not say whether it is in use ({unread} could not be read)",),
         )
-    holders = references.holders(identity.path)
+    holders = references.holders(identity.path, ignore_pids)
     if holders:
         return Removal(identity, False, tuple(holders))
     try:

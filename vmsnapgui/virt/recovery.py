@@ -16,6 +16,7 @@ reply comes back. So every operation's failure path goes through here:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import libvirt
@@ -28,6 +29,8 @@ from vmsnapgui.virt.host_files import FileIdentity, Removal, read_host_reference
 
 _log = logging.getLogger(__name__)
 
+# How long a file that only a process holds is watched before it is kept.
+HOLDERS_SETTLE_SECONDS = 10.0
 # How long an operation waits for a lost host before it says the outcome is unknown.
 # A libvirt daemon restarting takes a few seconds; a rebooting host far longer.
 RECONNECT_SECONDS = 45.0
@@ -75,20 +78,42 @@ def host_after_failure(
 
 
 def remove_unused(
-    conn: libvirt.virConnect, owned: Sequence[FileIdentity], *, local: bool
+    conn: libvirt.virConnect,
+    owned: Sequence[FileIdentity],
+    *,
+    local: bool,
+    ignore_pids: frozenset[int] = frozenset(),
+    settle: float = HOLDERS_SETTLE_SECONDS,
 ) -> list[Removal]:
     """Remove each file this operation created that nothing on the host uses now.
 
-    When the host cannot list what uses them, nothing is removed.
+    When the host cannot list what uses them, nothing is removed. A file only a process
+    holds is looked at again for up to ``settle`` seconds: a daemon that just restarted
+    is still cancelling what its predecessor left running (a memory save's writer).
     """
     if not owned:
         return []
-    try:
-        references = read_host_references(conn, local=local)
-    except UserError as exc:
-        reason = f"the host could not say whether it is in use ({exc.message})"
-        return [Removal(identity, False, (reason,)) for identity in owned]
-    removals = [remove_owned(identity, references) for identity in owned]
+    deadline = time.monotonic() + settle
+    pending = list(owned)
+    done: list[Removal] = []
+    while True:
+        try:
+            references = read_host_references(conn, local=local)
+        except UserError as exc:
+            reason = f"the host could not say whether it is in use ({exc.message})"
+            return done + [Removal(identity, False, (reason,)) for identity in pending]
+        attempt = [remove_owned(identity, references, ignore_pids) for identity in pending]
+        only_processes = [
+            r
+            for r in attempt
+            if not r.removed and all(h.startswith("process ") for h in r.kept_because)
+        ]
+        done += [r for r in attempt if r not in only_processes]
+        if not only_processes or time.monotonic() >= deadline:
+            removals = done + only_processes
+            break
+        pending = [r.identity for r in only_processes]
+        time.sleep(0.25)
     for removal in removals:
         if not removal.removed:
             _log.warning("kept %s: %s", removal.identity.path, "; ".join(removal.kept_because))

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import libvirt
 
@@ -24,7 +25,10 @@ from vmsnapgui.core.domain_xml import (
     guest_agent_connected,
     has_pflash_firmware,
     memory_kib,
+    with_disk_sources,
 )
+from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.file_references import normal_path
 from vmsnapgui.core.progress import (
     Cancelled,
     CancelToken,
@@ -32,7 +36,6 @@ from vmsnapgui.core.progress import (
     ProgressCallback,
     ignore_progress,
 )
-from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Snapshot, read_layout
 from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, SnapshotDisk
 from vmsnapgui.core.snapshot_xml import parse_snapshot_xml, snapshot_request_xml
 from vmsnapgui.core.units import format_bytes
@@ -48,8 +51,17 @@ from vmsnapgui.virt.operations import (
     run_watched,
     snapshot_names,
 )
-from vmsnapgui.virt.recovery import host_after_failure, kept_files_sentence, remove_unused
+from vmsnapgui.virt.qemu_view import guest_disk_files, qemu_processes
+from vmsnapgui.virt.recovery import (
+    OutcomeUnknown,
+    host_after_failure,
+    kept_files_sentence,
+    remove_unused,
+)
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
+
+if TYPE_CHECKING:
+    from vmsnapgui.core.qcow2 import Qcow2Snapshot
 
 _log = logging.getLogger(__name__)
 
@@ -287,7 +299,10 @@ def take_snapshot(
     if here and not mode.external:
         _refuse_unlisted_internal(options.disks, name)
     check_take_space(loader, options, mode, request, here)
+    state_before = domain_state(dom)
 
+    # From here on, files exist that only this call knows about: no libvirt call may
+    # come between making them and handing them to snapshotCreateXML.
     owned: list[FileIdentity] = []
     try:
         disks, memory_file = _new_files(options, name, mode, request, here, owned)
@@ -346,7 +361,8 @@ def take_snapshot(
         tuple(owned),
         tuple(d.file for d in disks if d.file) + ((memory_file,) if memory_file else ()),
         options,
-        domain_state(dom),
+        disks,
+        state_before,
         started_wall,
         here,
     )
@@ -558,6 +574,9 @@ def _refuse_unlisted_internal(disks: tuple[DomainDisk, ...], name: str) -> None:
 
 def internal_entries(path: str | None) -> list[Qcow2Snapshot] | None:
     """The internal snapshots in a local qcow2 image's table; None when unreadable."""
+    # Imported here: the qcow2 reader brings numpy, which the window's start must not wait for.
+    from vmsnapgui.core.qcow2 import Qcow2Error, read_layout
+
     if not path:
         return None
     try:
@@ -582,6 +601,7 @@ class _Attempt:
     owned: tuple[FileIdentity, ...]
     files: tuple[str, ...]
     options: TakeOptions
+    disks: tuple[SnapshotDisk, ...]
     state_before: DomainState
     started_wall: float
     here: bool
@@ -593,11 +613,30 @@ class _Attempt:
         is ours and unused, and raise the error, saying how the VM is now."""
         doing = f"taking snapshot {self.name!r}"
         conn = host_after_failure(self.loader.connection, exc, doing, self.files, progress)
-        lost = is_connection_lost(exc)
         try:
-            dom = conn.lookupByUUIDString(self.uuid)
-        except libvirt.libvirtError as again:
-            raise explain(again, f"looking up the VM again after {doing}") from None
+            outcome = self._reconcile(conn, exc, cancel)
+        except (UserError, libvirt.libvirtError) as again:
+            if isinstance(again, OutcomeUnknown):
+                raise
+            reason = again.message if isinstance(again, UserError) else explain(again).message
+            left = ""
+            if self.files:
+                left = f" These files may belong to it and were left: {', '.join(self.files)}."
+            raise OutcomeUnknown(
+                f"Taking snapshot {self.name!r} failed, and then the host could not be asked "
+                f"what it had done ({reason.rstrip('.')}).{left}",
+                detail=explain(exc).detail,
+            ) from None
+        if isinstance(outcome, UserError):
+            raise outcome
+        return outcome
+
+    def _reconcile(
+        self, conn: libvirt.virConnect, exc: libvirt.libvirtError, cancel: CancelToken | None
+    ) -> TakeResult | UserError:
+        """What happened, from the host's answers now; files are removed only here."""
+        lost = is_connection_lost(exc)
+        dom = conn.lookupByUUIDString(self.uuid)
         if lost and self._was_taken(dom):
             return TakeResult(
                 self.name,
@@ -606,27 +645,86 @@ class _Attempt:
                 note="The connection to the host dropped during the snapshot, but the host "
                 "finished it.",
             )
-        adopted = self._adopt_internal(dom) if lost else None
-        if adopted is not None:
-            return adopted
-        removals = remove_unused(conn, self.owned, local=self.here)
-        error = explain(exc, doing)
-        message = error.message
-        if cancel is not None and cancel.cancelled and not lost:
-            message = "Cancelled; no snapshot was taken and its files were removed."
+        if lost and not self.mode.external:
+            adopted = self._adopt_internal(dom)
+            if adopted is not None:
+                return adopted
+        ignore: frozenset[int] = frozenset()
+        if lost and self.here and self.mode.external and dom.isActive():
+            chains = guest_disk_files(dom)
+            if chains is not None:
+                used = {path for chain in chains.values() for path in chain}
+                switched = [path for path in self.files if normal_path(path) in used]
+                if switched:
+                    return self._record_switched(conn, dom, switched)
+                # QEMU may hold an overlay libvirt added but never switched to: that open
+                # file is no use to anyone.
+                ignore = frozenset(qemu_processes(self.uuid))
+        removals = remove_unused(conn, self.owned, local=self.here, ignore_pids=ignore)
+        error = explain(exc, f"taking snapshot {self.name!r}")
+        cancelled = cancel is not None and cancel.cancelled and not lost
+        if cancelled:
+            message = "Cancelled; no snapshot was taken."
+        elif lost:
+            message = (
+                f"The connection to the host was lost while taking snapshot {self.name!r}; "
+                "the host has not recorded it, so it was not taken."
+            )
+        else:
+            message = error.message
+        if any(r.removed for r in removals) and not any(not r.removed for r in removals):
+            message += " Its new files were removed."
         message += kept_files_sentence(removals)
         message += self._state_sentence(dom, removals)
-        if cancel is not None and cancel.cancelled and not lost:
-            raise Cancelled(message)
-        raise VirtError(message, detail=error.detail, code=error.code)
+        if cancelled:
+            return Cancelled(message)
+        return VirtError(message, detail=error.detail, code=error.code)
+
+    def _record_switched(
+        self, conn: libvirt.virConnect, dom: libvirt.virDomain, switched: list[str]
+    ) -> TakeResult:
+        """QEMU switched the guest's disks to the new overlays, but the daemon died before
+        it wrote that down. Record the snapshot and point the VM's saved definition at
+        the overlays, so that its next start uses the disks it really writes to."""
+        by_path = {d.file: d for d in self.disks if d.file}
+        disks = tuple(by_path[path] for path in switched if path in by_path)
+        xml = snapshot_request_xml(
+            self.name,
+            self.description,
+            memory=MemoryKind.NONE,
+            disks=disks,
+            state="disk-snapshot",
+            created=int(self.started_wall),
+            domain_xml=dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE),
+        )
+        dom.snapshotCreateXML(
+            xml,
+            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
+        )
+        if dom.isPersistent():
+            saved = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+            conn.defineXML(
+                with_disk_sources(saved, {d.target: (d.file or "", "qcow2") for d in disks})
+            )
+        memory = [i for i in self.owned if i.path not in switched]
+        removals = remove_unused(conn, memory, local=self.here) if memory else []
+        note = (
+            "The connection to the host dropped just as the VM switched to its new overlay; "
+            "the snapshot was recorded again (without memory), and libvirt will show the "
+            "new disk files once the VM restarts."
+        ) + kept_files_sentence(removals)
+        return TakeResult(self.name, SnapshotMode.EXTERNAL_DISK, tuple(switched), note=note)
 
     def _was_taken(self, dom: libvirt.virDomain) -> bool:
         """True when the host lists the snapshot and it is the one this call made."""
         try:
             snapshot = dom.snapshotLookupByName(self.name, 0)
-            record = parse_snapshot_xml(snapshot.getXMLDesc(0), self.name)
-        except libvirt.libvirtError:
-            return False
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                return False
+            raise
+        record = parse_snapshot_xml(snapshot.getXMLDesc(0), self.name)
         if self.mode.external:
             return {d.file for d in record.disks if d.file} >= {
                 f for f in self.files if not f.endswith(".mem")
