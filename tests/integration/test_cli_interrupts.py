@@ -165,11 +165,6 @@ def test_a_folder_name_too_long_for_the_file_system_is_one_line(
     assert not defined(system_conn, f"{guest.name}-long")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the size engine's note says 'the VM is running' for every active VM "
-    "(vmsnapgui/virt/disk_usage.py _assemble); remove this mark when it names the state",
-)
 def test_du_of_a_paused_vm_says_paused_and_never_running(make_guest: GuestFactory) -> None:
     guest = make_guest(start=True)
     guest.dom.suspend()

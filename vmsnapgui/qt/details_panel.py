@@ -40,7 +40,7 @@ from vmsnapgui.core.snapshot import DiskKind, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_xml import embedded_domain_xml
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.core.validation import validate_description
-from vmsnapgui.qt.display_text import STALE_NOTE, exact_time, local_time, size_text
+from vmsnapgui.qt.display_text import exact_time, local_time, size_text, stale_note
 from vmsnapgui.qt.snapshot_tree_model import NOW_KEY
 from vmsnapgui.virt.snapshot_loader import DomainSnapshots
 
@@ -372,7 +372,7 @@ class DetailsPanel(QScrollArea):
             usage.delta_bytes if usage else None,
             what="change since the current snapshot",
             unavailable=context.usage_unavailable,
-            stale=domain.state.is_active,
+            stale=domain.state,
         )
         rows = [
             ("VM state", domain.state.value, None),
@@ -380,7 +380,7 @@ class DetailsPanel(QScrollArea):
             ("Changed since", delta.text or "not available", delta.tooltip),
         ]
         if domain.state.is_active:
-            rows.append(("Note", STALE_NOTE, None))
+            rows.append(("Note", stale_note(domain.state), None))
         self._set_properties(rows)
         self.description_box.hide()
         uuid = domain.uuid

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from vmsnapgui.core.disk_usage import SnapshotUsage
+from vmsnapgui.core.snapshot import DomainState
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.virt.connection import ConnectionState, ConnectionStatus
 
@@ -19,7 +20,15 @@ APPROXIMATE = "≈ "
 MISSING = "—"
 PENDING = "…"
 MEASURING_TOOLTIP = "Measuring…"
-STALE_NOTE = "The VM is running: its active disk layer may be slightly stale."
+STALE_NOTE = "QEMU has the VM's disks open: its active disk layer may be slightly stale."
+"""The stale note when the VM's state is not known, only that it is active."""
+
+
+def stale_note(state: DomainState | None = None) -> str:
+    """Why Now's size may lag behind, naming ``state`` (paused, running…) when given."""
+    if state is None:
+        return STALE_NOTE
+    return f"The VM is {state.value}: its active disk layer may be slightly stale."
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +52,15 @@ def size_text(
     *,
     what: str,
     unavailable: str | None = None,
-    stale: bool = False,
+    stale: bool | DomainState = False,
 ) -> SizeText:
     """One size cell: ``value`` of ``usage`` (``what`` names it in the tooltip).
 
     ``usage`` None means not measured yet (or the snapshot is newer than the
     measurement); ``unavailable`` is set when measuring failed for the whole VM.
+    ``stale`` adds the note that an active VM's layer may lag: give the VM's state to
+    have the note name it; True gives the note without a state; False or an inactive
+    state adds nothing.
     """
     if unavailable is not None:
         return SizeText("", sizes_unavailable(unavailable))
@@ -64,7 +76,10 @@ def size_text(
         tooltip += " (approximate)"
     if usage.note:
         tooltip += f"\n{usage.note}"
-    if stale:
+    if isinstance(stale, DomainState):
+        if stale.is_active:
+            tooltip += f"\n{stale_note(stale)}"
+    elif stale:
         tooltip += f"\n{STALE_NOTE}"
     return SizeText(text, tooltip)
 

@@ -42,6 +42,7 @@ from vmsnapgui.core.byte_source import ByteSource, FileByteSource
 from vmsnapgui.core.disk_usage import DiskUsage, DomainUsage, PoolSpace, SnapshotUsage
 from vmsnapgui.core.file_references import resolve_backing_path
 from vmsnapgui.core.qcow2 import Qcow2Error, Qcow2Usage, analyse
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.units import format_bytes
@@ -272,7 +273,7 @@ class _Measurement:
         dom = self._domain()
         xml, stats = self._concurrently([partial(self._domain_xml, dom), partial(self._stats, dom)])
         chains = disk_chains(xml)
-        running = self._running(stats)
+        state = self._state(stats)
 
         memory_files = {
             s.memory_file for s in self.tree if s.memory is MemoryKind.EXTERNAL and s.memory_file
@@ -309,7 +310,7 @@ class _Measurement:
             plan,
             results,
             memory,
-            running=running,
+            state=state,
             layer_note=partial(self._layer_note, _block_allocations(stats)),
         )
         self.domain_notes.add(pool_note)
@@ -330,14 +331,14 @@ class _Measurement:
         try:
             return self.conn.lookupByUUIDString(self.loaded.domain.uuid)
         except libvirt.libvirtError as exc:
-            raise self._explain(exc, f"finding {self.loaded.domain.name!r}") from None
+            raise self._explain(exc, f"finding {quoted(self.loaded.domain.name)}") from None
 
     def _domain_xml(self, dom: Any) -> str:
         try:
             return str(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
             raise self._explain(
-                exc, f"reading the definition of {self.loaded.domain.name!r}"
+                exc, f"reading the definition of {quoted(self.loaded.domain.name)}"
             ) from None
 
     def _stats(self, dom: Any) -> dict[str, Any]:
@@ -354,12 +355,13 @@ class _Measurement:
             return {}  # a driver without block statistics: they only cross-check
         return dict(records[0][1]) if records else {}
 
-    def _running(self, stats: Mapping[str, Any]) -> bool:
-        """Whether QEMU has the disks open now (fresher than the state at load time)."""
+    def _state(self, stats: Mapping[str, Any]) -> DomainState:
+        """The domain's state now (fresher than at load time): active means QEMU has the
+        disks open, and the notes name the state as it is (paused, not "running")."""
         state = stats.get("state.state")
         if isinstance(state, int):
-            return DomainState.from_code(state).is_active
-        return self.loaded.domain.state.is_active
+            return DomainState.from_code(state)
+        return self.loaded.domain.state
 
     def _concurrently(self, jobs: list[Callable[[], Any]]) -> list[Any]:
         return self.loader.map_concurrently(_call, jobs)
@@ -764,10 +766,15 @@ def _assemble(
     results: Mapping[_LayerKey, _LayerResult],
     memory: Mapping[str, tuple[int | None, str | None]],
     *,
-    running: bool,
+    state: DomainState,
     layer_note: Callable[[ChainLayer, str], str],
 ) -> _Assembled:
-    """Turn per-file results into per-snapshot rows, summed over disks."""
+    """Turn per-file results into per-snapshot rows, summed over disks.
+
+    ``state`` is the domain's state: while QEMU has the disks open (running, paused, …)
+    Now is approximate, and the notes say so naming that state.
+    """
+    active = state.is_active
     domain_notes = _Notes()
     rows: list[SnapshotUsage] = []
     for snapshot in tree:
@@ -809,22 +816,22 @@ def _assemble(
     now_notes = _Notes()
     for cell in now_cells.values():
         now_notes.add(cell.note)
-    if running:
+    if active:
         now_notes.add(
-            "the VM is running, so its active layer can lag behind (QEMU writes some "
-            "metadata later)"
+            f"the VM is {state.value}, so its active layer can lag behind (QEMU writes "
+            "some metadata later)"
         )
         if any(s.is_internal for s in tree):
             domain_notes.add(
-                "The VM is running: exclusive sizes of internal snapshots in its active "
-                "image can lag behind too."
+                f"The VM is {state.value}: exclusive sizes of internal snapshots in its "
+                "active image can lag behind too."
             )
     now = SnapshotUsage(
         name=NOW,
         delta_bytes=_sum(cell.usage.delta_bytes for cell in now_cells.values()),
         exclusive_bytes=_sum(cell.usage.exclusive_bytes for cell in now_cells.values()),
         vmstate_bytes=None,
-        approximate=running or any(cell.approximate for cell in now_cells.values()),
+        approximate=active or any(cell.approximate for cell in now_cells.values()),
         note=now_notes.text(),
         disks={target: cell.usage for target, cell in now_cells.items()},
     )
