@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Container
 
 from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.quoting import quoted
 
 MAX_NAME_LENGTH = 100  # characters: readable in the tree, a terminal and scripts
 LIBVIRT_NAME_BYTES = 247  # bytes: NAME_MAX (255) minus the ".xml.new" libvirt appends
@@ -39,13 +40,13 @@ class ValidationError(UserError):
 
 def validate_snapshot_name(name: str, existing: Container[str] = ()) -> str:
     """Return ``name`` when it can name a new snapshot, else raise :class:`ValidationError`."""
-    return _validate_name(name, "snapshot", existing, "There is already a snapshot called {!r}.")
+    return _validate_name(name, "snapshot", existing, "There is already a snapshot called {}.")
 
 
 def validate_vm_name(name: str, existing: Container[str] = ()) -> str:
     """Return ``name`` when it can name a new virtual machine."""
     return _validate_name(
-        name, "virtual machine", existing, "There is already a virtual machine called {!r}."
+        name, "virtual machine", existing, "There is already a virtual machine called {}."
     )
 
 
@@ -100,7 +101,7 @@ def _validate_name(name: str, what: str, existing: Container[str], duplicate: st
     if name != name.strip():
         raise ValidationError(f"{label} cannot start or end with a space.")
     if name in existing:
-        raise ValidationError(duplicate.format(name))
+        raise ValidationError(duplicate.format(quoted(name)))
     return name
 
 

@@ -43,7 +43,7 @@ def domain_state(dom: libvirt.virDomain) -> DomainState:
     try:
         code, _reason = dom.state(0)
     except libvirt.libvirtError as exc:
-        raise explain(exc, f"reading the state of {dom.name()!r}") from None
+        raise explain(exc, f"reading the state of {quoted(dom.name())}") from None
     return DomainState.from_code(code)
 
 
@@ -65,7 +65,7 @@ def snapshot_names(dom: libvirt.virDomain) -> set[str]:
     try:
         return {snap.getName() for snap in dom.listAllSnapshots(0)}
     except libvirt.libvirtError as exc:
-        raise explain(exc, f"listing the snapshots of {dom.name()!r}") from None
+        raise explain(exc, f"listing the snapshots of {quoted(dom.name())}") from None
 
 
 def default_snapshot_name(
@@ -163,7 +163,7 @@ def set_description(
     """
     text = validate_description(description) if description else None
     dom = resolve_domain(loader, domain)
-    doing = f"changing the description of {snapshot!r}"
+    doing = f"changing the description of {quoted(snapshot)}"
     try:
         snap = dom.snapshotLookupByName(snapshot, 0)
         xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DomainState, DomainSummary, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.snapshot_xml import parse_snapshot_xml
@@ -134,12 +135,12 @@ class SnapshotLoader:
             return conn.lookupByName(name_or_uuid)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise self._explain(exc, f"looking up {name_or_uuid!r}") from None
+                raise self._explain(exc, f"looking up {quoted(name_or_uuid)}") from None
         try:
             return conn.lookupByUUIDString(name_or_uuid)
         except libvirt.libvirtError:
             raise VirtError(
-                f"There is no virtual machine called {name_or_uuid!r} "
+                f"There is no virtual machine called {quoted(name_or_uuid)} "
                 f"on {self.connection.display_uri}."
             ) from None
 
@@ -160,7 +161,7 @@ class SnapshotLoader:
         except libvirt.libvirtError as exc:
             # Also a domain undefined between the listing and now: one sentence, which
             # the watcher takes as "gone; the next round says so".
-            raise self._explain(exc, f"listing the snapshots of {dom.name()!r}") from None
+            raise self._explain(exc, f"listing the snapshots of {quoted(dom.name())}") from None
         return SnapshotSignature(count, current, listed)
 
     def load(
@@ -182,7 +183,7 @@ class SnapshotLoader:
             current = current_future.result()
             state = state_future.result()
         except libvirt.libvirtError as exc:
-            raise self._explain(exc, f"reading the snapshots of {name!r}") from None
+            raise self._explain(exc, f"reading the snapshots of {quoted(name)}") from None
 
         by_name = {snap.getName(): snap for snap in listed}
         with self._cache_lock:
@@ -197,7 +198,7 @@ class SnapshotLoader:
         try:
             records = self.map_concurrently(lambda n: _fetch_snapshot(by_name[n], n), to_fetch)
         except libvirt.libvirtError as exc:
-            raise self._explain(exc, f"reading the snapshots of {name!r}") from None
+            raise self._explain(exc, f"reading the snapshots of {quoted(name)}") from None
         for record in records:
             if record is not None:
                 cached[record.name] = record
