@@ -183,7 +183,13 @@ def run_revert(args: argparse.Namespace, session: Session) -> int:
 
 def run_delete(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap delete``: shows what goes and asks first (unless --yes)."""
-    from vmsnapgui.virt.delete_snapshot import DeleteMode, DeletePlan, delete_snapshot, plan_delete
+    from vmsnapgui.virt.delete_snapshot import (
+        DeleteMode,
+        DeletePlan,
+        delete_snapshot,
+        find_dependents,
+        plan_delete,
+    )
     from vmsnapgui.virt.errors import VirtError
 
     mode = (
@@ -208,7 +214,12 @@ def run_delete(args: argparse.Namespace, session: Session) -> int:
         usage = measure(session.loader, loaded)
     except Exception:  # sizes are a courtesy here; the delete does not depend on them
         usage = None
-    plan = plan_delete(loaded.tree, args.snapshot, mode, session.connection.capabilities, usage)
+    dependents = find_dependents(
+        session.loader, loaded.domain.name, loaded.tree, args.snapshot, mode
+    )
+    plan = plan_delete(
+        loaded.tree, args.snapshot, mode, session.connection.capabilities, usage, dependents
+    )
     if not plan.allowed:
         raise VirtError(plan.refusal or "Cannot delete.")
     if not args.yes:
@@ -226,10 +237,19 @@ def run_delete(args: argparse.Namespace, session: Session) -> int:
 
     def show(done: DeletePlan) -> None:
         if args.json:
-            print_json({"domain": args.domain, "mode": mode.value, "deleted": list(done.removes)})
+            print_json(
+                {
+                    "domain": args.domain,
+                    "mode": mode.value,
+                    "deleted": list(done.removes),
+                    "removed_files": list(done.removed_files),
+                }
+            )
         else:
             names = ", ".join(quoted(n) for n in done.removes)
             print(f"Deleted {names} from {shortened(args.domain)}.")
+            for path in done.removed_files:
+                print(f"Removed the memory file {printable(path)}, which libvirt left behind.")
 
     return run_operation(
         lambda progress, cancel: delete_snapshot(

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FileReference:
-    """``holder`` (a phrase: "disk vda of VM 'web'") needs the file at ``path``."""
+    """``holder`` (a phrase: "disk vda of VM 'web'") needs the file at ``path``; ``vm``
+    is the VM the holder belongs to (its definition or one of its snapshots)."""
 
     path: str
     holder: str
+    vm: str = ""
 
 
 def normal_path(path: str) -> str:
@@ -45,20 +47,20 @@ def domain_references(domain_xml: str, vm: str, *, as_of: str | None = None) -> 
         holder = f"disk {target} of {owner}"
         path = _source_path(disk)
         if path:
-            found.append(FileReference(normal_path(path), holder))
+            found.append(FileReference(normal_path(path), holder, vm))
         store = disk.find("backingStore")
         depth = 0
         while store is not None and depth < _MAX_XML_CHAIN:
             path = _source_path(store)
             if path:
-                found.append(FileReference(normal_path(path), f"the backing chain of {holder}"))
+                found.append(FileReference(normal_path(path), f"the backing chain of {holder}", vm))
             store = store.find("backingStore")
             depth += 1
     nvram = root.find("./os/nvram")
     if nvram is not None:
         path = (nvram.text or "").strip() or nvram.get("file") or ""
         if path:
-            found.append(FileReference(normal_path(path), f"the UEFI variables of {owner}"))
+            found.append(FileReference(normal_path(path), f"the UEFI variables of {owner}", vm))
     return found
 
 
@@ -70,12 +72,14 @@ def snapshot_references(snapshot_xml: str, vm: str, snapshot: str) -> list[FileR
     found: list[FileReference] = []
     memory = root.find("memory")
     if memory is not None and memory.get("file"):
-        found.append(FileReference(normal_path(memory.get("file", "")), f"the memory of {owner}"))
+        found.append(
+            FileReference(normal_path(memory.get("file", "")), f"the memory of {owner}", vm)
+        )
     for disk in root.findall("./disks/disk"):
         path = _source_path(disk)
         if path:
             found.append(
-                FileReference(normal_path(path), f"disk {disk.get('name', '?')} of {owner}")
+                FileReference(normal_path(path), f"disk {disk.get('name', '?')} of {owner}", vm)
             )
     for tag in ("domain", "inactiveDomain"):
         recorded = root.find(tag)

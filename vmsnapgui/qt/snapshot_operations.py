@@ -43,7 +43,13 @@ from vmsnapgui.virt.clone_domain import (
     plan_clone,
 )
 from vmsnapgui.virt.connection import Capabilities, ConnectionState
-from vmsnapgui.virt.delete_snapshot import DeleteMode, DeletePlan, delete_snapshot, plan_delete
+from vmsnapgui.virt.delete_snapshot import (
+    DeleteMode,
+    DeletePlan,
+    delete_snapshot,
+    find_dependents,
+    plan_delete,
+)
 from vmsnapgui.virt.revert_snapshot import ForceRequired, RevertResult, revert_snapshot
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 from vmsnapgui.virt.take_snapshot import (
@@ -479,7 +485,10 @@ class SnapshotOperations(QObject):
 
         def prepare(progress: ProgressCallback, cancel: CancelToken) -> DeletePlan:
             caps = target.host.connection.capabilities
-            return plan_delete(loaded.tree, snapshot, mode, caps, usage)
+            dependents = find_dependents(
+                target.host.loader, loaded.domain.name, loaded.tree, snapshot, mode
+            )
+            return plan_delete(loaded.tree, snapshot, mode, caps, usage, dependents)
 
         self._prepare(
             target,

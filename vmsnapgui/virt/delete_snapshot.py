@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import libvirt
 
 from vmsnapgui.core.disk_usage import DomainUsage
+from vmsnapgui.core.domain_xml import domain_disks
 from vmsnapgui.core.progress import Progress, ProgressCallback, ignore_progress
+from vmsnapgui.core.snapshot import DiskKind, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
-from vmsnapgui.virt.connection import EXTERNAL_DELETE_VERSION, Capabilities
-from vmsnapgui.virt.errors import VirtError, explain
+from vmsnapgui.virt.connection import EXTERNAL_DELETE_VERSION, Capabilities, files_are_here
+from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
+from vmsnapgui.virt.host_files import FileIdentity, backing_file, read_host_references
 from vmsnapgui.virt.operations import lookup_snapshot, resolve_domain, run_watched
+from vmsnapgui.virt.recovery import host_after_failure, remove_unused
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
+from vmsnapgui.virt.take_snapshot import internal_entries
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +64,10 @@ class DeletePlan:
     merges: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     frees_bytes: int | None = None
+    dependents: tuple[str, ...] = ()
+    """What outside this VM stands on files the delete changes (linked clones…)."""
+    removed_files: tuple[str, ...] = ()
+    """Files removed after libvirt's delete (memory files libvirt leaves behind)."""
 
     @property
     def allowed(self) -> bool:
@@ -70,8 +81,13 @@ def plan_delete(
     mode: DeleteMode,
     caps: Capabilities,
     usage: DomainUsage | None = None,
+    dependents: DeleteDependents | None = None,
 ) -> DeletePlan:
-    """Which snapshots go, what merging it causes, and whether libvirt can do it at all."""
+    """Which snapshots go, what merging it causes, and whether libvirt can do it at all.
+
+    ``dependents`` (from :func:`find_dependents`) names what else on the host stands on
+    the files the delete would change; any makes the plan a refusal.
+    """
     record = tree.get(snapshot)
     if record is None:
         return DeletePlan(snapshot, mode, (), refusal=f"There is no snapshot called {snapshot!r}.")
@@ -134,6 +150,18 @@ def plan_delete(
                         )
     if record.is_external and record.is_internal:
         warnings.append("This snapshot mixes internal and external disks.")
+    if dependents is not None:
+        if dependents.unchecked:
+            warnings.append(dependents.unchecked)
+        if dependents.holders and refusal is None:
+            names = "; ".join(dependents.holders[:4])
+            more = (
+                f" (and {len(dependents.holders) - 4} more)" if len(dependents.holders) > 4 else ""
+            )
+            refusal = (
+                f"Deleting {snapshot!r} would change files that something else stands on: "
+                f"{names}{more}. Delete that first, or make it independent of this VM's files."
+            )
 
     frees: int | None = None
     if usage is not None and mode is not DeleteMode.METADATA_ONLY and not external:
@@ -146,8 +174,76 @@ def plan_delete(
             total += item.exclusive_bytes + (item.vmstate_bytes or 0)
         frees = total if total >= 0 else None
     return DeletePlan(
-        snapshot, mode, tuple(removes), refusal, tuple(merges), tuple(warnings), frees
+        snapshot,
+        mode,
+        tuple(removes),
+        refusal,
+        tuple(merges),
+        tuple(warnings),
+        frees,
+        dependents.holders if dependents is not None else (),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDependents:
+    """Who outside the VM needs the files a delete would change, found on the host."""
+
+    holders: tuple[str, ...] = ()
+    unchecked: str | None = None
+    """Why the answer may be incomplete (a remote host's chains, unreadable records)."""
+
+
+def changed_files(tree: SnapshotTree, snapshot: str, mode: DeleteMode, here: bool) -> list[str]:
+    """The files libvirt writes or removes when it deletes ``snapshot`` this way.
+
+    Deleting an external snapshot commits its overlay into the image below it (the frozen
+    state it stands for) and removes the overlay: both change. Internal snapshots live in
+    images whose current contents do not change, and metadata-only deletes touch nothing.
+    """
+    record = tree.get(snapshot)
+    if record is None or mode is not DeleteMode.SNAPSHOT:
+        return []
+    files: list[str] = []
+    for disk in record.disks:
+        if disk.kind is not DiskKind.EXTERNAL or not disk.file:
+            continue
+        files.append(disk.file)
+        below = backing_file(disk.file) if here else None
+        if below is not None:
+            files.append(below)
+    return files
+
+
+def find_dependents(
+    loader: SnapshotLoader, domain: str, tree: SnapshotTree, snapshot: str, mode: DeleteMode
+) -> DeleteDependents:
+    """What outside ``domain`` stands on the files deleting ``snapshot`` changes (other VMs,
+    their snapshots, linked clones through their backing chains). Blocks: run it off the
+    GUI thread."""
+    here = files_are_here(loader.connection.display_uri)
+    files = changed_files(tree, snapshot, mode, here)
+    if not files:
+        return DeleteDependents()
+    references = read_host_references(loader.connection.conn, local=here)
+    holders: list[str] = []
+    for path in files:
+        for holder in references.holders_outside(path, domain):
+            text = f"{holder} (it uses {path})"
+            if text not in holders:
+                holders.append(text)
+    unchecked = None
+    if references.unknown:
+        unchecked = (
+            "Some records on the host could not be read, so not everything that might use "
+            f"this snapshot's files was checked ({', '.join(references.unknown[:3])})."
+        )
+    elif not here:
+        unchecked = (
+            "Other VMs on a remote host are checked through libvirt's records only; a disk "
+            "whose backing chain only its image file names cannot be seen from here."
+        )
+    return DeleteDependents(tuple(holders), unchecked)
 
 
 def delete_snapshot(
@@ -157,10 +253,21 @@ def delete_snapshot(
     mode: DeleteMode = DeleteMode.SNAPSHOT,
     progress: ProgressCallback = ignore_progress,
 ) -> DeletePlan:
-    """Delete as planned; refuses (without touching anything) what libvirt cannot do."""
+    """Delete as planned; refuses (without touching anything) what libvirt cannot do and
+    what would change files something else stands on.
+
+    Afterwards the result is checked against the images themselves: an internal snapshot
+    that libvirt forgot but the image still holds is an error, and a memory file libvirt
+    leaves behind (9.0 does) is removed when nothing uses it.
+    """
     dom = resolve_domain(loader, domain)
+    name = dom.name()
     loaded = loader.load(dom)
-    plan = plan_delete(loaded.tree, snapshot, mode, loader.connection.capabilities)
+    here = files_are_here(loader.connection.display_uri)
+    dependents = find_dependents(loader, name, loaded.tree, snapshot, mode)
+    plan = plan_delete(
+        loaded.tree, snapshot, mode, loader.connection.capabilities, dependents=dependents
+    )
     if not plan.allowed:
         raise VirtError(plan.refusal or "Cannot delete.")
     target = lookup_snapshot(dom, snapshot)
@@ -170,7 +277,17 @@ def delete_snapshot(
         else f"Deleting {len(plan.removes)} snapshot{'s' if len(plan.removes) != 1 else ''}"
     )
     progress(Progress(phase, can_cancel=False))
+    records = [loaded.tree[n] for n in plan.removes if n in loaded.tree]
     disks = [d.target for d in loaded.tree[snapshot].disks if d.kind.value == "external"]
+    memory_files: dict[str, tuple[int, int] | None] = {
+        r.memory_file: _identity(r.memory_file)
+        for r in records
+        if r.memory is MemoryKind.EXTERNAL
+        and r.memory_file
+        and here
+        and mode is not DeleteMode.METADATA_ONLY  # "its data stays on disk"
+    }
+    images = _internal_images(dom, records) if here and mode is not DeleteMode.METADATA_ONLY else {}
 
     def poll() -> Progress | None:
         # A merge runs as a block job on each disk; show the first one that reports.
@@ -185,8 +302,111 @@ def delete_snapshot(
         run_watched(lambda: target.delete(mode.flags), poll, progress)
     except libvirt.libvirtError as exc:
         loader.invalidate(dom.UUIDString())
-        raise explain(exc, f"deleting {snapshot!r}") from None
+        raise _after_failed_delete(loader, dom.UUIDString(), name, plan, exc, progress) from None
     loader.invalidate(dom.UUIDString())
-    _log.info("deleted %s from %s in %.2f s", plan.removes, dom.name(), time.monotonic() - started)
+    _log.info("deleted %s from %s in %.2f s", plan.removes, name, time.monotonic() - started)
+    _check_images(images, plan)
+    removed = _remove_memory_files(loader, memory_files) if memory_files else ()
     progress(Progress("Done", 1, 1, "steps"))
-    return plan
+    return replace(plan, removed_files=removed)
+
+
+def _identity(path: str | None) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path or "")
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+
+def _internal_images(dom: libvirt.virDomain, records: list[Snapshot]) -> dict[str, list[str]]:
+    """Each internal snapshot being deleted -> the disk images that hold it."""
+    wanted = [r.name for r in records if r.is_internal]
+    if not wanted:
+        return {}
+    try:
+        xml = dom.XMLDesc(0)
+    except libvirt.libvirtError:
+        return {}
+    sources = [d.source for d in domain_disks(xml) if d.snapshottable and d.source]
+    images: dict[str, list[str]] = {}
+    for path in sources:
+        for entry in internal_entries(path) or ():
+            if entry.name in wanted:
+                images.setdefault(entry.name, []).append(path)
+    return images
+
+
+def _check_images(images: dict[str, list[str]], plan: DeletePlan) -> None:
+    """libvirt runs ``qemu-img snapshot -d`` for shut-off VMs and, in 9.0, reports success
+    even when that failed: make sure each image really lost the snapshot."""
+    left: list[str] = []
+    for snapshot, paths in images.items():
+        for path in paths:
+            entries = internal_entries(path)
+            if entries is not None and any(e.name == snapshot for e in entries):
+                left.append(f"{snapshot!r} in {path}")
+    if left:
+        raise VirtError(
+            "libvirt removed its record of the snapshot, but the disk image still holds it: "
+            + "; ".join(left)
+            + ". It keeps taking space there; the image may be damaged (try 'qemu-img check')."
+        )
+
+
+def _remove_memory_files(
+    loader: SnapshotLoader, memory_files: dict[str, tuple[int, int] | None]
+) -> tuple[str, ...]:
+    """Remove the memory files of deleted snapshots that libvirt left behind, each only
+    if it is the same file as before the delete and nothing on the host uses it."""
+    owned = [
+        FileIdentity(path, identity[0], identity[1])
+        for path, identity in memory_files.items()
+        if path and identity is not None and os.path.lexists(path)
+    ]
+    if not owned:
+        return ()
+    removals = remove_unused(loader.connection.conn, owned, local=True, settle=0)
+    return tuple(r.identity.path for r in removals if r.removed)
+
+
+def _after_failed_delete(
+    loader: SnapshotLoader,
+    uuid: str,
+    name: str,
+    plan: DeletePlan,
+    exc: libvirt.libvirtError,
+    progress: ProgressCallback,
+) -> VirtError:
+    """What to tell after a failed delete; when the connection dropped, what the host
+    says now (the delete may have finished, or the daemon's restart stopped the merge)."""
+    doing = f"deleting {plan.snapshot!r}"
+    if not is_connection_lost(exc):
+        return explain(exc, doing)
+    conn = host_after_failure(loader.connection, exc, doing, (), progress)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        still = set(dom.snapshotListNames(0)) & set(plan.removes)
+    except libvirt.libvirtError as again:
+        return VirtError(
+            f"The connection to the host was lost while {doing}, and the host could not "
+            f"say afterwards whether it finished ({explain(again).message})"
+        )
+    if not still:
+        return VirtError(
+            f"The connection to the host was lost while {doing}, but the host finished: "
+            f"{', '.join(repr(n) for n in plan.removes)} "
+            f"{'is' if len(plan.removes) == 1 else 'are'} gone.",
+            code=DELETE_FINISHED_ANYWAY,
+        )
+    gone = [n for n in plan.removes if n not in still]
+    partly = f" {', '.join(repr(n) for n in gone)} went; the rest stays." if gone else ""
+    return VirtError(
+        f"The connection to the host was lost while {doing}; {name!r} still has "
+        f"{', '.join(repr(n) for n in sorted(still))}, with its disks as before the delete."
+        f"{partly}"
+    )
+
+
+# A VirtError code (not libvirt's) for "the connection dropped but the delete completed".
+DELETE_FINISHED_ANYWAY = -11

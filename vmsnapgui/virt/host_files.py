@@ -64,35 +64,53 @@ class HostReferences:
     """Every file something on one host needs, with what needs it."""
 
     local: bool
-    by_path: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    by_identity: dict[tuple[int, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    by_path: dict[str, list[FileReference]] = field(default_factory=lambda: defaultdict(list))
+    by_identity: dict[tuple[int, int], list[FileReference]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     unknown: list[str] = field(default_factory=list)
     """What could not be read (a definition, a snapshot): the answer may be incomplete."""
 
     def add(self, reference: FileReference) -> None:
         """Record that ``reference.holder`` needs ``reference.path``."""
-        holders = self.by_path[reference.path]
-        if reference.holder not in holders:
-            holders.append(reference.holder)
+        known = self.by_path[reference.path]
+        if reference not in known:
+            known.append(reference)
 
-    def holders(self, path: str, ignore_pids: frozenset[int] = frozenset()) -> list[str]:
-        """Who needs the file at ``path``: definitions and snapshots naming it (or a file
-        it is the same as), backing chains through it, and, on this computer, processes
-        holding it open (but those in ``ignore_pids``)."""
+    def references(self, path: str) -> list[FileReference]:
+        """What names the file at ``path`` (or, on this computer, the same file by
+        another path), backing chains through it included."""
         found = list(self.by_path.get(normal_path(path), ()))
         if self.local:
             try:
                 info = os.stat(path)
             except OSError:
                 return found
-            identity = (info.st_dev, info.st_ino)
-            for holder in self.by_identity.get(identity, ()):
-                if holder not in found:
-                    found.append(holder)
+            for reference in self.by_identity.get((info.st_dev, info.st_ino), ()):
+                if reference not in found:
+                    found.append(reference)
+        return found
+
+    def holders(self, path: str, ignore_pids: frozenset[int] = frozenset()) -> list[str]:
+        """Who needs the file at ``path``: definitions and snapshots naming it (or a file
+        it is the same as), backing chains through it, and, on this computer, processes
+        holding it open (but those in ``ignore_pids``)."""
+        found = [r.holder for r in self.references(path)]
+        if self.local:
+            try:
+                info = os.stat(path)
+            except OSError:
+                return found
             found.extend(
-                text for pid, text in processes_holding(identity) if pid not in ignore_pids
+                text
+                for pid, text in processes_holding((info.st_dev, info.st_ino))
+                if pid not in ignore_pids
             )
         return found
+
+    def holders_outside(self, path: str, vm: str) -> list[str]:
+        """Who other than the VM ``vm`` (its definitions and snapshots) needs ``path``."""
+        return [r.holder for r in self.references(path) if r.vm != vm]
 
 
 def read_host_references(conn: libvirt.virConnect, *, local: bool) -> HostReferences:
@@ -164,30 +182,27 @@ def _follow_backing_headers(references: HostReferences) -> None:
 
     libvirt's inactive definitions and snapshot records name only the top file; the
     chain below (a linked clone standing on another VM's frozen image) is written only in
-    the images' headers.
+    the images' headers. Every holder of a file needs its whole chain.
     """
-    pending = list(references.by_path.items())
-    seen: set[str] = set()
-    while pending:
-        path, holders = pending.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        below = path
-        for _ in range(_MAX_CHAIN):
-            backing = _backing_file(below)
-            if backing is None:
-                break
-            chain_holders = [f"the backing chain of {holder}" for holder in holders[:1]]
-            for holder in chain_holders:
-                references.add(FileReference(backing, holder))
-            if backing in seen:
-                break
-            seen.add(backing)
-            below = backing
+    below: dict[str, str | None] = {}
+    for path, named in list(references.by_path.items()):
+        for reference in named:
+            if reference.holder.startswith("the backing chain of "):
+                continue  # already a chain: its start is walked from its own holder
+            current = path
+            for _ in range(_MAX_CHAIN):
+                if current not in below:
+                    below[current] = backing_file(current)
+                backing = below[current]
+                if backing is None or backing == path:
+                    break
+                references.add(
+                    FileReference(backing, f"the backing chain of {reference.holder}", reference.vm)
+                )
+                current = backing
 
 
-def _backing_file(path: str) -> str | None:
+def backing_file(path: str) -> str | None:
     """The backing file a local qcow2 image's header names; None for anything else."""
     try:
         info = os.stat(path)
@@ -209,15 +224,15 @@ def _backing_file(path: str) -> str | None:
 
 
 def _index_identities(references: HostReferences) -> None:
-    for path, holders in list(references.by_path.items()):
+    for path, named in list(references.by_path.items()):
         try:
             info = os.stat(path)
         except OSError:
             continue
-        key = (info.st_dev, info.st_ino)
-        for holder in holders:
-            if holder not in references.by_identity[key]:
-                references.by_identity[key].append(holder)
+        known = references.by_identity[(info.st_dev, info.st_ino)]
+        for reference in named:
+            if reference not in known:
+                known.append(reference)
 
 
 def processes_holding(identity: tuple[int, int]) -> list[tuple[int, str]]:

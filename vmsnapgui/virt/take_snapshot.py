@@ -663,8 +663,10 @@ class _Attempt:
         removals = remove_unused(conn, self.owned, local=self.here, ignore_pids=ignore)
         error = explain(exc, f"taking snapshot {self.name!r}")
         cancelled = cancel is not None and cancel.cancelled and not lost
+        all_removed = all(r.removed for r in removals)
         if cancelled:
-            message = "Cancelled; no snapshot was taken."
+            message = "Cancelled; no snapshot was taken"
+            message += " and its files were removed." if all_removed else "."
         elif lost:
             message = (
                 f"The connection to the host was lost while taking snapshot {self.name!r}; "
@@ -672,7 +674,7 @@ class _Attempt:
             )
         else:
             message = error.message
-        if any(r.removed for r in removals) and not any(not r.removed for r in removals):
+        if all_removed and removals and not cancelled:
             message += " Its new files were removed."
         message += kept_files_sentence(removals)
         message += self._state_sentence(dom, removals)
