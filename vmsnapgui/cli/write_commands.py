@@ -124,6 +124,7 @@ def run_take(args: argparse.Namespace, session: Session) -> int:
                     "snapshot": result.name,
                     "mode": result.mode.value,
                     "files": list(result.files),
+                    "note": result.note,
                 }
             )
         else:
@@ -131,6 +132,8 @@ def run_take(args: argparse.Namespace, session: Session) -> int:
                 f"Took snapshot {quoted(result.name)} of {shortened(args.domain)} "
                 f"({result.mode.label})."
             )
+            if result.note:
+                print(printable(result.note))
 
     return run_operation(
         lambda progress, cancel: take_snapshot(
@@ -156,12 +159,15 @@ def run_revert(args: argparse.Namespace, session: Session) -> int:
                     "domain": args.domain,
                     "reverted_to": result.reverted_to,
                     "safety_snapshot": result.safety_snapshot,
+                    "note": result.note,
                 }
             )
         else:
             print(f"Reverted {shortened(args.domain)} to {quoted(result.reverted_to)}.")
             if result.safety_snapshot:
                 print(f"The state before is saved as snapshot {quoted(result.safety_snapshot)}.")
+            if result.note:
+                print(printable(result.note))
 
     return run_operation(
         lambda progress, cancel: revert_snapshot(

@@ -276,7 +276,8 @@ class SnapshotOperations(QObject):
 
     def _on_taken(self, target: Target, result: TakeResult) -> str:
         self.window.request_selection(target.vm, result.name)
-        return f"Snapshot {result.name!r} taken ({result.mode.label})"
+        done = f"Snapshot {result.name!r} taken ({result.mode.label})"
+        return f"{done}. {result.note}" if result.note else done
 
     # -- revert -------------------------------------------------------------------------
 
@@ -347,9 +348,10 @@ class SnapshotOperations(QObject):
 
     def _on_reverted(self, target: Target, result: RevertResult) -> str:
         self.window.request_selection(target.vm, result.reverted_to)
+        done = f"Reverted to {result.reverted_to!r}"
         if result.safety_snapshot:
-            return f"Reverted; {result.safety_snapshot!r} keeps the state before"
-        return f"Reverted to {result.reverted_to!r}"
+            done = f"Reverted; {result.safety_snapshot!r} keeps the state before"
+        return f"{done}. {result.note}" if result.note else done
 
     def _on_revert_failed(self, target: Target, error: UserError) -> bool:
         if isinstance(error, ForceRequired) and self.target() == target:

@@ -17,9 +17,10 @@ import libvirt
 
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback, ignore_progress
-from vmsnapgui.core.snapshot import Snapshot
-from vmsnapgui.virt.errors import VirtError, explain
+from vmsnapgui.core.snapshot import DomainState, Snapshot
+from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 from vmsnapgui.virt.operations import domain_state, lookup_snapshot, resolve_domain, snapshot_names
+from vmsnapgui.virt.recovery import host_after_failure
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_options, take_snapshot
 
@@ -45,6 +46,8 @@ class RevertResult:
     reverted_to: str
     safety_snapshot: str | None
     seconds: float
+    note: str | None = None
+    """Something the user should know although it worked (the connection dropped…)."""
 
 
 def safety_snapshot_name(existing: set[str], target: str, now: float | None = None) -> str:
@@ -94,11 +97,14 @@ def revert_snapshot(
         )
 
     safety: str | None = None
+    notes: list[str] = []
     if safety_snapshot:
         if cancel is not None:
             cancel.raise_if_cancelled()
         progress(Progress("Saving the current state as a safety snapshot", can_cancel=False))
-        safety = _take_safety_snapshot(loader, dom, record)
+        safety, note = _take_safety_snapshot(loader, dom, record)
+        if note:
+            notes.append(note)
 
     flags = 0
     if end_state is EndState.RUNNING:
@@ -109,10 +115,18 @@ def revert_snapshot(
         flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
 
     state_before = domain_state(dom)
+    uuid = dom.UUIDString()
     progress(Progress(f"Reverting to {snapshot!r}", can_cancel=False))
     try:
         dom.revertToSnapshot(target, flags)
     except libvirt.libvirtError as exc:
+        if is_connection_lost(exc):
+            loader.invalidate(uuid)
+            outcome = _after_lost_revert(loader, uuid, snapshot, safety, flags, exc, progress)
+            loader.invalidate(uuid)
+            return RevertResult(
+                snapshot, safety, time.monotonic() - started, " ".join([*notes, outcome])
+            )
         kept = _undo_safety(dom, safety, state_before)
         loader.invalidate(dom.UUIDString())
         detail = exc.get_error_message()
@@ -130,11 +144,86 @@ def revert_snapshot(
         raise error from None
     loader.invalidate(dom.UUIDString())
     progress(Progress("Done", 1, 1, "steps"))
-    return RevertResult(snapshot, safety, time.monotonic() - started)
+    return RevertResult(
+        snapshot, safety, time.monotonic() - started, " ".join(notes) if notes else None
+    )
 
 
-def _take_safety_snapshot(loader: SnapshotLoader, dom: libvirt.virDomain, target: Snapshot) -> str:
-    """Save Now in the same family (internal/external) as the snapshot reverted to."""
+def _after_lost_revert(
+    loader: SnapshotLoader,
+    uuid: str,
+    snapshot: str,
+    safety: str | None,
+    flags: int,
+    exc: libvirt.libvirtError,
+    progress: ProgressCallback,
+) -> str:
+    """The connection dropped during the revert. Returns a note when the host finished
+    it, or when it did not and a second try (once the host answers again) did; raises
+    saying exactly how the VM is when neither.
+
+    Trying again is safe: whatever the VM held before is in the safety snapshot (or the
+    user chose to drop it), and an interrupted revert leaves only a half-done revert to
+    lose — a VM shut off between the old QEMU's end and the new one's start, or paused
+    with memory of unknown provenance.
+    """
+    doing = f"reverting to {snapshot!r}"
+    conn = host_after_failure(loader.connection, exc, doing, (), progress)
+    kept = (
+        f" The safety snapshot {safety!r} holds the state the VM was in before." if safety else ""
+    )
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        now = DomainState.from_code(dom.state(0)[0])
+        current = _current_name(dom)
+    except libvirt.libvirtError as again:
+        raise VirtError(
+            f"The connection to the host was lost while {doing}, and the host could not say "
+            f"afterwards how the VM is ({explain(again).message.rstrip('.')}).{kept}"
+        ) from None
+    if current == snapshot and now is not DomainState.PAUSED:
+        return "The connection to the host dropped during the revert, but the host finished it."
+    progress(Progress(f"Reverting to {snapshot!r} again", can_cancel=False))
+    try:
+        dom.revertToSnapshot(dom.snapshotLookupByName(snapshot, 0), flags)
+    except libvirt.libvirtError as again:
+        try:
+            now = DomainState.from_code(dom.state(0)[0])
+            current = _current_name(dom)
+        except libvirt.libvirtError:
+            pass
+        paused = ""
+        if now is DomainState.PAUSED:
+            paused = (
+                " It is paused; whether its memory and disks are already the snapshot's "
+                "cannot be told from here, so it was not resumed."
+            )
+        raise VirtError(
+            f"The connection to the host was lost while {doing}, and trying again failed "
+            f"({explain(again).message.rstrip('.')}). The VM is {now.value} and libvirt "
+            f"lists {current!r} as its current snapshot.{paused}{kept}",
+            detail=explain(exc).detail,
+        ) from None
+    return (
+        "The connection to the host dropped during the revert, which did not finish; it "
+        "was done again once the host answered."
+    )
+
+
+def _current_name(dom: libvirt.virDomain) -> str | None:
+    try:
+        return str(dom.snapshotCurrent(0).getName())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+
+
+def _take_safety_snapshot(
+    loader: SnapshotLoader, dom: libvirt.virDomain, target: Snapshot
+) -> tuple[str, str | None]:
+    """Save Now in the same family (internal/external) as the snapshot reverted to;
+    returns its name and what the take had to say (a dropped connection…)."""
     options = take_options(loader, dom)
     wanted = (
         [SnapshotMode.EXTERNAL_MEMORY, SnapshotMode.EXTERNAL_DISK]
@@ -150,7 +239,7 @@ def _take_safety_snapshot(loader: SnapshotLoader, dom: libvirt.virDomain, target
         )
     name = safety_snapshot_name(snapshot_names(dom), target.name)
     try:
-        take_snapshot(
+        taken = take_snapshot(
             loader,
             dom,
             TakeRequest(name=name, description=safety_description(target.name), mode=mode),
@@ -161,7 +250,7 @@ def _take_safety_snapshot(loader: SnapshotLoader, dom: libvirt.virDomain, target
             f"{exc.message}",
             detail=exc.detail,
         ) from None
-    return name
+    return name, taken.note
 
 
 def _undo_safety(dom: libvirt.virDomain, safety: str | None, state_before: object) -> bool:

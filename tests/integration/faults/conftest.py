@@ -254,12 +254,26 @@ def assert_host_intact(guest: FaultGuest, before: set[str], message: str | None 
         assert path in named, f"{path} was left behind and nothing uses it ({message!r})"
     if message is not None:
         assert "\n" not in message and "Traceback" not in message, message
+    listed = {s.getName() for s in guest.dom().listAllSnapshots(0)}
+    for path in guest.files():
+        if path.endswith(".qcow2"):
+            hidden = set(internal_snapshot_names(path)) - listed
+            assert not hidden, f"{path} holds internal snapshots libvirt does not list: {hidden}"
     guest.flush()
     for target, pattern, offset, length in guest.patterns:
         image = guest.active_image(target)
         assert image_holds(image, pattern, offset, length), (
             f"{target} lost pattern {pattern:#x} at {offset} (reads {image})"
         )
+
+
+def internal_snapshot_names(path: str) -> list[str]:
+    result = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", path], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return []
+    return [entry["name"] for entry in json.loads(result.stdout).get("snapshots", [])]
 
 
 def assert_restarts(guest: FaultGuest) -> None:
