@@ -436,3 +436,31 @@ def test_show_xml_shows_what_libvirt_has(
     assert shown.findtext("description") == "a <b> & c"
     libvirts = ET.fromstring(virsh(SYSTEM_URI, "snapshot-dumpxml", guest.name, "s").stdout)
     assert shown.findtext("creationTime") == libvirts.findtext("creationTime")
+
+
+def test_a_delete_that_would_change_a_linked_clones_disk_names_it_and_cannot_be_confirmed(
+    window: MainWindow, qtbot: QtBot, make_guest: GuestFactory, system_conn: libvirt.virConnect
+) -> None:
+    from tests.integration.conftest import qemu_img, remove_domain
+    from vmsnapgui.core.domain_xml import DiskSpec, tiny_domain_xml
+
+    guest = make_guest()
+    guest.write(0x5A, 0, MIB)
+    frozen = str(guest.disks["vda"])
+    virsh(SYSTEM_URI, "snapshot-create-as", guest.name, "base", "--disk-only")
+    overlay = guest.directory / "linked.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", frozen, str(overlay))
+    clone = system_conn.defineXML(tiny_domain_xml(f"{guest.name}-linked", [DiskSpec(str(overlay))]))
+    try:
+        before = os.stat(frozen).st_mtime_ns
+        open_vm(qtbot, window, guest.name, "base")
+        dialog = open_dialog(qtbot, window, "base", "&Delete this snapshot…", DeleteDialog)
+        assert not dialog.ok_button.isEnabled()
+        shown = dialog.refusal.text()
+        assert clone.name() in shown and frozen in shown
+        dialog.reject()
+        assert snapshot_names(guest.name) == ["base"]
+        assert os.stat(frozen).st_mtime_ns == before
+        assert image_holds(str(overlay), 0x5A, 0, MIB)
+    finally:
+        remove_domain(clone)
