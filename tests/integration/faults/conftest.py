@@ -352,3 +352,27 @@ def fault_rng(config: pytest.Config) -> random.Random:
     """Randomness that a failing soak round can be replayed with (``--soak-seed``)."""
     seed = config.getoption("--soak-seed")
     return random.Random(int(seed) if seed is not None else time.time_ns())
+
+
+def soak_record(operation: str, fault: str, fired: bool, outcome: object) -> None:
+    """Append one soak round to the JSON-lines file ``$VMSNAP_SOAK_LOG`` names, if any,
+    so a long soak's figures (faults injected, outcomes) can be counted afterwards."""
+    path = os.environ.get("VMSNAP_SOAK_LOG")
+    if not path:
+        return
+    kind = type(outcome).__name__
+    text = getattr(outcome, "message", None) or getattr(outcome, "note", None)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(
+            json.dumps(
+                {
+                    "time": time.time(),
+                    "operation": operation,
+                    "fault": fault,
+                    "fired": fired,
+                    "outcome": kind,
+                    "message": text,
+                }
+            )
+            + "\n"
+        )

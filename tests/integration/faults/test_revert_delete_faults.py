@@ -22,6 +22,7 @@ from tests.integration.faults.conftest import (
     assert_restarts,
     fault_rng,
     fresh_conn,
+    soak_record,
     soak_rounds,
 )
 from tests.integration.faults.private_daemon import PrivateDaemon
@@ -107,13 +108,16 @@ def revert_with_fault(
     fault: Callable[[], None],
 ) -> RevertResult | UserError:
     watch = FaultWatch(condition, fault)
+    outcome: RevertResult | UserError
     try:
-        return revert_snapshot(loader, guest.name, "base")
+        outcome = revert_snapshot(loader, guest.name, "base")
     except UserError as exc:
-        return exc
+        outcome = exc
     finally:
         watch.stop()
         assert watch.error is None, watch.error
+    soak_record("revert", "daemon killed", watch.fired.is_set(), outcome)
+    return outcome
 
 
 def internal_guest(fault_guest: GuestMaker, loader: SnapshotLoader) -> FaultGuest:
@@ -165,13 +169,16 @@ def delete_with_fault(
     fault: Callable[[], None],
 ) -> DeletePlan | UserError:
     watch = FaultWatch(condition, fault)
+    outcome: DeletePlan | UserError
     try:
-        return delete_snapshot(loader, guest.name, name)
+        outcome = delete_snapshot(loader, guest.name, name)
     except UserError as exc:
-        return exc
+        outcome = exc
     finally:
         watch.stop()
         assert watch.error is None, watch.error
+    soak_record("delete", "daemon killed", watch.fired.is_set(), outcome)
+    return outcome
 
 
 def check_delete(
@@ -231,3 +238,26 @@ def test_an_internal_delete_of_a_running_vm_whose_daemon_dies_keeps_every_byte(
         fault_loader, guest, "i1", after(0.0), kill_and_restart(private_daemon)
     )
     check_delete(guest, "i1", outcome, before)
+
+
+def test_soak_deletes_with_the_daemon_killed_at_random_moments(
+    request: pytest.FixtureRequest,
+    fault_loader: SnapshotLoader,
+    fault_guest: GuestMaker,
+    private_daemon: PrivateDaemon,
+) -> None:
+    rng = fault_rng(request.config)
+    for _ in range(soak_rounds(request.config, default=2)):
+        if rng.random() < 0.5:
+            guest, name = external_chain(fault_guest, fault_loader), "e1"
+        else:
+            guest, name = fault_guest(), "i1"
+            take_snapshot(
+                fault_loader, guest.name, TakeRequest(name, mode=SnapshotMode.INTERNAL_MEMORY)
+            )
+            guest.write(0x41, MIB, MIB)
+        before = guest.files()
+        outcome = delete_with_fault(
+            fault_loader, guest, name, after(rng.uniform(0, 0.15)), kill_and_restart(private_daemon)
+        )
+        check_delete(guest, name, outcome, before)

@@ -23,6 +23,7 @@ from tests.integration.faults.conftest import (
     assert_restarts,
     fault_rng,
     held_by,
+    soak_record,
     soak_rounds,
 )
 from tests.integration.faults.private_daemon import PrivateDaemon
@@ -43,15 +44,19 @@ def take_with_fault(
     request: TakeRequest,
     condition: Callable[[], bool],
     fault: Callable[[], None],
+    fault_name: str = "daemon killed",
 ) -> TakeResult | UserError:
     watch = FaultWatch(condition, fault)
+    outcome: TakeResult | UserError
     try:
-        return take_snapshot(loader, guest.name, request)
+        outcome = take_snapshot(loader, guest.name, request)
     except UserError as exc:
-        return exc
+        outcome = exc
     finally:
         watch.stop()
         assert watch.error is None, watch.error
+    soak_record(f"take {request.mode}", fault_name, watch.fired.is_set(), outcome)
+    return outcome
 
 
 def kill_and_restart(daemon: PrivateDaemon, delay: float = 0.0) -> Callable[[], None]:
@@ -136,7 +141,7 @@ def test_soak_takes_with_the_daemon_killed_at_random_moments(
         guest = fault_guest()
         before = guest.files()
         mode = rng.choice(modes)
-        delay = rng.uniform(0, 0.3)
+        delay = rng.uniform(0, 0.12)
         name = f"r{round_number}"
         started = time.monotonic()
         outcome = take_with_fault(
