@@ -546,7 +546,7 @@ class SnapshotTreeModel(QAbstractItemModel):
         unavailable = self._usage_reason if self._usage_state is UsageState.UNAVAILABLE else None
         usage = self.usage_of(key) if self._usage_state is UsageState.LOADED else None
         is_now = key == NOW_KEY
-        running = self._loaded is not None and self._loaded.domain.state.is_active
+        state = self._loaded.domain.state if self._loaded is not None else None
         if column == Column.DELTA:
             value = usage.delta_bytes if usage else None
             text = size_text(
@@ -554,7 +554,7 @@ class SnapshotTreeModel(QAbstractItemModel):
                 value,
                 what="delta",
                 unavailable=unavailable,
-                stale=is_now and running,
+                stale=state if is_now and state is not None else False,
             )
             if usage is not None and usage.vmstate_bytes:
                 memory = f"\nSaved memory: {format_bytes(usage.vmstate_bytes)}"
