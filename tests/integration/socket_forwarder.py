@@ -1,7 +1,9 @@
 """A TCP-to-UNIX-socket forwarder the tests can cut, to lose and restore a connection.
 
 Clients connect with ``qemu+tcp://127.0.0.1:PORT/system``; bytes go to libvirtd's
-local socket, so no daemon reconfiguration is needed.
+local socket (or to ``target``, another daemon's), so no daemon reconfiguration is
+needed. ``bytes_down`` counts what came back from the daemon, so that a test can hold
+or cut the link midway through a load.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class SocketForwarder:
         self._lock = threading.Lock()
         self._flowing = threading.Event()
         self._flowing.set()
+        self.bytes_down = 0  # passed from the daemon to its clients
 
     def hold(self) -> None:
         """Stop passing bytes on: calls in flight wait for replies until the next cut()."""
@@ -78,6 +81,9 @@ class SocketForwarder:
                     if not data:
                         return
                     peers[sock].sendall(data)
+                    if sock is b:
+                        with self._lock:
+                            self.bytes_down += len(data)
         except (OSError, ValueError):
             return
         finally:

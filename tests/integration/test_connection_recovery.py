@@ -7,6 +7,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 
+import libvirt
 import pytest
 
 from tests.integration.socket_forwarder import SocketForwarder
@@ -118,3 +119,39 @@ def test_closing_on_purpose_stops_reconnecting(forwarder: SocketForwarder) -> No
     forwarder.start()
     time.sleep(2.5)
     assert connection.status.state is ConnectionState.CLOSED
+
+
+def test_a_host_gone_silent_is_lost_within_seconds_then_reconnected(
+    forwarder: SocketForwarder,
+) -> None:
+    # Bytes stop and the socket stays open: no end of file ever comes. Keepalive (here
+    # 1 s x 2) fails the call in flight and the connection reports the host silent.
+    connection = Connection(f"qemu+tcp://127.0.0.1:{forwarder.port}/system", keepalive=(1, 2))
+    connection.open()
+    try:
+        handle = connection.conn
+        forwarder.hold()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(handle.listAllDomains(0))
+            except libvirt.libvirtError as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        caller.start()
+        caller.join(20)
+        assert not caller.is_alive(), "the call still waits for a silent host"
+        assert time.monotonic() - started < 20
+        assert isinstance(outcome[0], libvirt.libvirtError)
+        wait_for(lambda: connection.status.state is not ConnectionState.CONNECTED, timeout=5)
+        assert connection.status.reason == "the host stopped answering"
+
+        forwarder.cut()  # the held link goes; a new one flows
+        forwarder.start()
+        wait_for(lambda: connection.status.state is ConnectionState.CONNECTED, timeout=30)
+        assert isinstance(connection.conn.listAllDomains(0), list)
+    finally:
+        connection.close()

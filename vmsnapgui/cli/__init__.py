@@ -82,9 +82,37 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The exit status main() settled on, once it has: see _end_stuck_command.
+_settled: list[int] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmsnap``."""
-    args = parse_arguments(argv)
+    _settled.clear()
+    code = _main(parse_arguments(argv))
+    _settled.append(code)
+    return code
+
+
+def _end_stuck_command(sentence: str) -> None:
+    """Calls on a dead host never returned (the connection's watchdog says): end the process.
+
+    Threads stuck inside libvirt cannot be ended, and the interpreter would wait for
+    them at exit. Runs on the watchdog's thread: says ``sentence`` unless main() has
+    already settled how the command ends, then leaves at once with that status.
+    """
+    status = _settled[-1] if _settled else None
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    if status is None:
+        report_failure(sentence)
+        status = EXIT_FAILURE
+    os._exit(status)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         code = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
@@ -132,7 +160,9 @@ def _run(args: argparse.Namespace) -> int:
         from vmsnapgui.virt.demo_lab import ensure_demo_lab
 
         uri = ensure_demo_lab(reset=args.demo_reset, progress=_progress_to_stderr).uri
-    connection = Connection(uri, read_only=args.read_only, monitor=False)
+    connection = Connection(
+        uri, read_only=args.read_only, monitor=False, on_stuck_calls=_end_stuck_command
+    )
     connection.open()
     loader = SnapshotLoader(connection)
     try:

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
+from vmsnapgui.virt import connection as connection_module
 from vmsnapgui.virt.connection import (
     Connection,
     ConnectionState,
     ConnectionStatus,
+    HostAnswer,
+    calls_in_flight,
+    cut_socket,
+    probe_host,
     split_version,
     validate_uri,
 )
 from vmsnapgui.virt.errors import VirtError
-from vmsnapgui.virt.event_loop import ensure_event_loop
+from vmsnapgui.virt.event_loop import ensure_event_loop, quiet_libvirt_errors
 
 
 def test_opening_the_test_driver_reads_capabilities_once(lab_uri: str) -> None:
@@ -137,3 +147,119 @@ def test_a_malformed_test_driver_file_is_explained(tmp_path: Path) -> None:
     connection = Connection(f"test://{broken}", reconnect=False)
     with pytest.raises(VirtError, match="could not be read as libvirt XML"):
         connection.open()
+
+
+# -- noticing a dead host (issue 11 item 9) ----------------------------------------------
+
+
+class SilentHost:
+    """A UNIX socket that accepts libvirt clients and never says a word."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.accepted: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted.append(client)
+
+    def close(self) -> None:
+        """Hang up on everyone: whatever still waits sees end of file."""
+        self._listener.close()
+        for client in self.accepted:
+            client.close()
+
+
+@pytest.fixture
+def silent_host(tmp_path: Path) -> Iterator[SilentHost]:
+    host = SilentHost(tmp_path / "sock")
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def quick_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog's pauses shortened, so that a dead host is found in about a second."""
+    monkeypatch.setattr(connection_module, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(connection_module, "STALL_S", 0.3)
+    monkeypatch.setattr(connection_module, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(connection_module, "GRACE_S", 0.3)
+
+
+def test_calls_in_flight_counts_a_thread_waiting_inside_libvirt(silent_host: SilentHost) -> None:
+    quiet_libvirt_errors()
+    failures: list[BaseException] = []
+
+    def open_and_wait() -> None:
+        try:
+            libvirt.open(silent_host.uri)
+        except libvirt.libvirtError as exc:
+            failures.append(exc)
+
+    opener = threading.Thread(target=open_and_wait, daemon=True)
+    opener.start()
+    deadline = time.monotonic() + 5
+    while calls_in_flight()[0] == 0 or not silent_host.accepted:
+        assert time.monotonic() < deadline, "the waiting open was not seen"
+        time.sleep(0.01)
+    assert calls_in_flight()[0] == 1  # an open belongs to no connection yet
+    silent_host.close()
+    opener.join(5)
+    assert failures and not opener.is_alive()
+    assert calls_in_flight()[0] == 0
+
+
+def test_an_open_the_host_never_answers_is_cut_and_explained(
+    silent_host: SilentHost, quick_watchdog: None
+) -> None:
+    connection = Connection(silent_host.uri, monitor=False)
+    started = time.monotonic()
+    with pytest.raises(VirtError) as caught:
+        connection.open()
+    assert time.monotonic() - started < 10
+    assert caught.value.message == (
+        f"Could not connect to {silent_host.uri}: the host stopped answering "
+        "(no reply within 0.5 seconds)."
+    )
+    assert connection.status.state is ConnectionState.FAILED
+
+
+def test_a_host_gone_for_good_is_told_from_a_silent_and_a_live_one(
+    silent_host: SilentHost, tmp_path: Path, lab_uri: str
+) -> None:
+    gone, why = probe_host(
+        f"qemu+unix:///system?socket={tmp_path / 'nobody'}", read_only=False, timeout=5
+    )
+    assert gone is HostAnswer.GONE
+    assert why == (
+        "The libvirt daemon is not running on this computer (nothing listens on its socket)."
+    )
+    assert probe_host(silent_host.uri, read_only=False, timeout=0.3) == (HostAnswer.SILENT, "")
+    assert probe_host(lab_uri, read_only=True, timeout=5) == (HostAnswer.ANSWERED, "")
+
+
+def test_cutting_a_socket_wakes_its_reader_and_spares_a_newcomer() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        inode = os.fstat(ours.fileno()).st_ino
+        assert not cut_socket(ours.fileno(), inode + 1)  # another socket took the number
+        peer.sendall(b"x")
+        assert ours.recv(1) == b"x"  # untouched
+        assert cut_socket(ours.fileno(), inode)
+        assert ours.recv(1) == b""  # end of file, as a waiting libvirt call sees it
+        assert ours.fileno() >= 0  # the descriptor is still its owner's to close
+    finally:
+        ours.close()
+        peer.close()
