@@ -652,23 +652,38 @@ def _socket_inodes() -> dict[int, int]:
 
 def _new_socket(before: dict[int, int], uri: str | None) -> tuple[int, int] | None:
     """The socket a connection to ``uri`` opened since ``before`` was listed, as
-    (descriptor, inode); None unless it is the only one (other threads open sockets
-    too: those whose far end is not the host are left out)."""
-    fresh = [(fd, inode) for fd, inode in _socket_inodes().items() if before.get(fd) != inode]
-    if len(fresh) > 1:
-        peer = _expected_peer(uri)
-        fresh = [(fd, inode) for fd, inode in fresh if peer is not None and _peer_is(fd, peer)]
-    return fresh[0] if len(fresh) == 1 else None
+    (descriptor, inode); None unless exactly one new socket leads where ``uri`` does.
+
+    Other threads open sockets too, even when only one is new (ours may not exist yet),
+    so the far end is always checked: a socket that cannot be told to be ours is never
+    taken for it.
+    """
+    peer = _expected_peer(uri)
+    if peer is None:
+        return None
+    mine = [
+        (fd, inode)
+        for fd, inode in _socket_inodes().items()
+        if before.get(fd) != inode and _peer_is(fd, peer)
+    ]
+    return mine[0] if len(mine) == 1 else None
 
 
-def _expected_peer(uri: str | None) -> int | str | None:
+class _Unnamed(enum.Enum):
+    """The far end of a transport that runs a program (SSH): one end of a socket pair."""
+
+    PAIR = "pair"
+
+
+def _expected_peer(uri: str | None) -> int | str | _Unnamed | None:
     """Where a connection to ``uri`` leads: a TCP port, a UNIX socket's file name ("":
-    any), or None when that cannot be told (SSH runs a program: no far name)."""
+    any), a socket pair to a program (ssh, ext), or None when that cannot be told."""
     parts = urlsplit(uri or "")
     transport = parts.scheme.partition("+")[2] or ("unix" if not parts.hostname else "tls")
-    if transport in ("tcp", "tls"):
+    if transport in ("tcp", "tls", "libssh", "libssh2"):
+        defaults = {"tcp": 16509, "tls": 16514}
         try:
-            return parts.port or (16509 if transport == "tcp" else 16514)
+            return parts.port or defaults.get(transport, 22)
         except ValueError:
             return None
     if transport == "unix":
@@ -676,17 +691,31 @@ def _expected_peer(uri: str | None) -> int | str | None:
             if key == "socket" and value:
                 return os.path.basename(value)
         return ""  # the daemon's usual socket, whichever daemon it is
+    if transport in ("ssh", "ext"):
+        return _Unnamed.PAIR
     return None
 
 
-def _peer_is(fd: int, peer: int | str) -> bool:
+def _peer_is(fd: int, peer: int | str | _Unnamed) -> bool:
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            name = sock.getpeername()
+        duplicate = os.dup(fd)
     except OSError:
         return False
+    try:
+        with socket.socket(fileno=duplicate) as sock:
+            duplicate = -1  # the socket object closes it
+            family, name = sock.family, sock.getpeername()
+    except OSError:
+        return False
+    finally:
+        if duplicate >= 0:
+            os.close(duplicate)
     if isinstance(peer, int):
         return isinstance(name, tuple) and len(name) >= 2 and name[1] == peer
+    if family != socket.AF_UNIX:
+        return False
+    if peer is _Unnamed.PAIR:
+        return not name
     return isinstance(name, str) and bool(name) and (not peer or os.path.basename(name) == peer)
 
 

@@ -34,6 +34,7 @@ from tests.integration.faults.conftest import FaultWatch, fault_rng, fresh_conn,
 from tests.integration.faults.private_daemon import PrivateDaemon
 from tests.integration.socket_forwarder import SocketForwarder
 from vmsnapgui.core.domain_xml import DiskSpec, tiny_domain_xml
+from vmsnapgui.virt import connection as connection_module
 from vmsnapgui.virt.connection import (
     Connection,
     ConnectionState,
@@ -377,6 +378,40 @@ def test_a_one_shot_connection_notices_a_host_gone_silent(
             "the host stopped answering (no reply within 5 seconds, "
             "on this connection or a new one)"
         )
+    finally:
+        loader.close()
+        connection.close()
+
+
+def test_a_slow_but_healthy_load_is_never_cut(
+    slow_link: Any, big_tree: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watchdog asks early and often here (after 0.2 s of calls without a pause, 1 s
+    # for an answer), over 25 ms each way with every fetch thread busy: the host
+    # answers each time, so every load goes on to the end on the same connection.
+    monkeypatch.setattr(connection_module, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(connection_module, "STALL_S", 0.2)
+    monkeypatch.setattr(connection_module, "PROBE_TIMEOUT_S", 1.0)
+    asked: list[str | None] = []
+    ask = connection_module._Watchdog._ask
+
+    def noted_ask(watchdog: Any, watch: Any, handle: libvirt.virConnect) -> str | None:
+        verdict = ask(watchdog, watch, handle)
+        asked.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(connection_module._Watchdog, "_ask", noted_ask)
+    connection = Connection(slow_link.libvirt_uri, monitor=False)
+    connection.open()
+    loader = SnapshotLoader(connection)
+    try:
+        generation = connection.generation
+        for _load in range(3):
+            assert loader.load(big_tree, refetch_all=True).fetched == TREE_SIZE
+        assert asked, "the watchdog never asked: the test proves nothing"
+        assert set(asked) == {None}  # the host answered every time
+        assert connection.status.state is ConnectionState.CONNECTED
+        assert connection.generation == generation
     finally:
         loader.close()
         connection.close()

@@ -263,3 +263,23 @@ def test_cutting_a_socket_wakes_its_reader_and_spares_a_newcomer() -> None:
     finally:
         ours.close()
         peer.close()
+
+
+def test_a_new_socket_is_taken_for_ours_only_when_it_leads_to_the_host() -> None:
+    before = connection_module._socket_inodes()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()  # new too, but its far end is the client's port
+    elsewhere, pair_end = socket.socketpair()  # another thread's business
+    try:
+        found = connection_module._new_socket(before, f"qemu+tcp://127.0.0.1:{port}/system")
+        assert found == (client.fileno(), os.fstat(client.fileno()).st_ino)
+        # Alone among the new sockets, a socket to another place is still not ours.
+        assert connection_module._new_socket(before, "qemu+tcp://127.0.0.1:1/system") is None
+        # Two socket pairs could each be an SSH connection's: neither is taken.
+        assert connection_module._new_socket(before, "qemu+ssh://host/system") is None
+        assert connection_module._new_socket(before, "qemu+what://host/system") is None
+    finally:
+        for sock in (listener, client, served, elsewhere, pair_end):
+            sock.close()
