@@ -65,7 +65,12 @@ class LibvirtEventLoop:
     """A thread-safe implementation of libvirt's event loop interface."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: the garbage collector can run a libvirt object's finalizer on the
+        # loop thread while it holds the lock (any allocation may start a collection),
+        # and freeing a virDomain can end in _update_handle or _remove_timer. With a
+        # plain lock the loop waited for itself, and every libvirt call with it. The
+        # loop iterates over copies, so such a nested change never disturbs it.
+        self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._handles: dict[int, _Handle] = {}
         self._timers: dict[int, _Timer] = {}
@@ -179,7 +184,7 @@ class LibvirtEventLoop:
         poller.register(self._wake_read, select.POLLIN)
         with self._lock:
             interest: dict[int, int] = {}
-            for handle in self._handles.values():
+            for handle in self._handles.copy().values():
                 mask = 0
                 for flag, poll_flag in _POLL_FROM_LIBVIRT.items():
                     if handle.events & flag:
@@ -187,7 +192,7 @@ class LibvirtEventLoop:
                 interest[handle.fd] = interest.get(handle.fd, 0) | mask
             now = time.monotonic()
             timeout_ms: float = -1
-            for timer in self._timers.values():
+            for timer in self._timers.copy().values():
                 if timer.interval_ms < 0:
                     continue
                 wait = max(0.0, (timer.due - now) * 1000)
@@ -236,7 +241,9 @@ class LibvirtEventLoop:
         for fd, _revents, events in fired:
             with self._lock:
                 targets = [
-                    (watch, handle) for watch, handle in self._handles.items() if handle.fd == fd
+                    (watch, handle)
+                    for watch, handle in self._handles.copy().items()
+                    if handle.fd == fd
                 ]
             for watch, handle in targets:
                 wanted = events & (
@@ -252,7 +259,7 @@ class LibvirtEventLoop:
         with self._lock:
             due = [
                 (timer_id, timer)
-                for timer_id, timer in self._timers.items()
+                for timer_id, timer in self._timers.copy().items()
                 if timer.interval_ms >= 0 and timer.due <= now
             ]
             for _timer_id, timer in due:

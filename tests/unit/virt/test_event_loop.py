@@ -98,3 +98,28 @@ def test_a_socket_someone_else_reads_does_not_make_the_loop_spin(
     assert calls, "a readable socket must still be reported"
     # Resting 1 ms after two reports in a row: about 600 in 0.3 s; spinning made 10,000s.
     assert len(calls) < 2000
+
+
+def test_a_finalizer_that_calls_back_inside_the_loops_lock_does_not_hang_it(
+    loop: LibvirtEventLoop, pipe: tuple[int, int]
+) -> None:
+    # The garbage collector may free a virDomain on the loop thread while the loop holds
+    # its lock; libvirt then updates or removes handles and timers from that thread.
+    read, _write = pipe
+    watch = loop._add_handle(read, libvirt.VIR_EVENT_HANDLE_READABLE, lambda *_: None, None)
+    timer = loop._add_timer(-1, lambda *_: None, None)
+    finished = threading.Event()
+
+    def nested() -> None:
+        with loop._lock:  # where the loop is when the collector runs a finalizer
+            loop._update_handle(watch, 0)
+            loop._update_timer(timer, 10)
+            loop._remove_timer(timer)
+            loop._remove_handle(watch)
+        finished.set()
+
+    threading.Thread(target=nested, daemon=True).start()
+    assert finished.wait(5), "the loop's lock is not re-entrant: it waits for itself"
+    fired = threading.Event()
+    loop._add_timer(0, lambda *_: fired.set(), None)
+    assert fired.wait(2)  # and the loop goes on
