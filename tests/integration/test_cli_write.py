@@ -40,6 +40,7 @@ def test_take_revert_delete_round_trip_with_json(make_guest: GuestFactory) -> No
         "snapshot": "first",
         "mode": "internal-memory",
         "files": [],
+        "note": None,
     }
     guest.write(0x22, 0, MIB)
     reverted = vmsnap("revert", guest.name, "first", "--json")

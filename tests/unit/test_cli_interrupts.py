@@ -156,6 +156,10 @@ def test_processes_the_operation_starts_do_not_die_of_the_terminals_ctrl_c() -> 
         (["clone", "vm", "--", "--", "new"], "snapshot", "--"),
         (["clone", "vm", "--", "base", "--"], "new_name", "--"),
         (["revert", "vm", "--", "--"], "snapshot", "--"),
+        # An option between the VM and the name (argparse before 3.12 dropped the name).
+        (["take", "vm", "--memory", "none", "mine"], "name", "mine"),
+        (["take", "vm", "--memory=none", "--", "--"], "name", "--"),
+        (["take", "vm", "--disk-only", "--", "-x"], "name", "-x"),
     ],
 )
 def test_a_double_dash_after_the_separator_is_a_value(

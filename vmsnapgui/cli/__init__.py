@@ -73,7 +73,17 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "--" in words:
         first = words.index("--") + 1
         words[first:] = [_LITERAL_DOUBLE_DASH if w == "--" else w for w in words[first:]]
-    args = build_parser().parse_args(words)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(words)
+    literal = bool(extra) and extra[0] == "--"
+    if literal:
+        extra.pop(0)
+    # argparse before Python 3.12 gives an optional positional nothing when an option
+    # stands between it and the positional before it: `take VM --memory none NAME`.
+    if extra and getattr(args, "name", "") is None and (literal or extra[0][:1] != "-"):
+        args.name = extra.pop(0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     for key, value in vars(args).items():
         if value == _LITERAL_DOUBLE_DASH:
             setattr(args, key, "--")

@@ -293,7 +293,14 @@ def _describe_plan(plan: Any) -> None:
 def run_clone(args: argparse.Namespace, session: Session) -> int:
     """``vmsnap clone``."""
     from vmsnapgui.virt.clone_domain import CloneRequest, CloneResult, clone_domain
+    from vmsnapgui.virt.operations import snapshot_names
 
+    if args.snapshot == NOW and NOW in snapshot_names(session.loader.lookup(args.domain)):
+        # Made elsewhere (vmsnap refuses names starting with '@'): which one is meant?
+        raise UserError(
+            f"{quoted(args.domain)} has a snapshot called {NOW}, so {NOW} does not say "
+            "whether to clone it or the VM as it is now; clone it from the window."
+        )
     request = CloneRequest(
         new_name=args.new_name,
         snapshot=None if args.snapshot == NOW else args.snapshot,

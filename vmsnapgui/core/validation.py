@@ -40,7 +40,20 @@ class ValidationError(UserError):
 
 def validate_snapshot_name(name: str, existing: Container[str] = ()) -> str:
     """Return ``name`` when it can name a new snapshot, else raise :class:`ValidationError`."""
-    return _validate_name(name, "snapshot", existing, "There is already a snapshot called {}.")
+    _validate_name(name, "snapshot", existing, "There is already a snapshot called {}.")
+    if name.isascii() and name.isdigit():
+        # QEMU finds an internal snapshot by number or by name, whichever comes first in
+        # the image's table: a snapshot called "1" would be mistaken for snapshot number 1.
+        raise ValidationError(
+            "A snapshot name cannot be only digits: QEMU would mistake it for the number "
+            "of another snapshot."
+        )
+    if name.startswith("@"):
+        raise ValidationError(
+            "A snapshot name cannot start with '@': vmsnap keeps such words for itself "
+            "(@now is the VM as it is now)."
+        )
+    return name
 
 
 def validate_vm_name(name: str, existing: Container[str] = ()) -> str:
@@ -62,7 +75,23 @@ def validate_description(text: str) -> str:
         raise ValidationError(
             "The description contains control characters; only line breaks and tabs are allowed."
         )
+    _refuse_non_xml(text, "The description")
     return text
+
+
+def unstorable(name: str) -> str | None:
+    """Why libvirt cannot hold ``name`` at all (so nothing by that name exists), or None.
+
+    For names being looked up: a NUL byte or text that is not UTF-8 (what an undecodable
+    byte on the command line becomes) would fail inside libvirt's bindings otherwise.
+    """
+    if "\x00" in name:
+        return "the name contains a NUL character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    return None
 
 
 def utf8_length(text: str) -> int:
@@ -93,6 +122,7 @@ def _validate_name(name: str, what: str, existing: Container[str], duplicate: st
         raise ValidationError(
             f"{label} cannot contain control characters (such as tabs or line breaks)."
         )
+    _refuse_non_xml(name, label)
     bad = sorted({ch for ch in name if ch in _XML_METACHARACTERS})
     if bad:
         raise ValidationError(
@@ -116,6 +146,16 @@ def _refuse_unencodable(text: str, label: str) -> None:
             f"{exc.start + 1}, which is not a character (a stray byte from a file name?); "
             f"it must be valid UTF-8."
         ) from None
+
+
+def _refuse_non_xml(text: str, label: str) -> None:
+    """Refuse U+FFFE and U+FFFF: valid UTF-8, but XML 1.0 (and so libvirt) forbids them."""
+    for position, ch in enumerate(text, start=1):
+        if ch in "\ufffe\uffff":
+            raise ValidationError(
+                f"{label} contains {ch.encode('unicode_escape').decode('ascii')} at position "
+                f"{position}, which is not a character XML (and so libvirt) can store."
+            )
 
 
 def _is_control(ch: str) -> bool:

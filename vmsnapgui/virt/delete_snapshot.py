@@ -20,15 +20,16 @@ import libvirt
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.domain_xml import domain_disks
 from vmsnapgui.core.progress import Progress, ProgressCallback, ignore_progress
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DiskKind, MemoryKind, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.virt.connection import EXTERNAL_DELETE_VERSION, Capabilities, files_are_here
 from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 from vmsnapgui.virt.host_files import FileIdentity, backing_file, read_host_references
 from vmsnapgui.virt.operations import lookup_snapshot, resolve_domain, run_watched
-from vmsnapgui.virt.recovery import host_after_failure, remove_unused
+from vmsnapgui.virt.recovery import host_after_failure, remove_unused, settle
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
-from vmsnapgui.virt.take_snapshot import internal_entries
+from vmsnapgui.virt.take_snapshot import internal_entries, mistaken_by_qemu
 
 _log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ def plan_delete(
     """
     record = tree.get(snapshot)
     if record is None:
-        return DeletePlan(snapshot, mode, (), refusal=f"There is no snapshot called {snapshot!r}.")
+        return DeletePlan(
+            snapshot, mode, (), refusal=f"There is no snapshot called {quoted(snapshot)}."
+        )
     below = tree.descendants(snapshot)
     removes = {
         DeleteMode.SNAPSHOT: [snapshot],
@@ -151,6 +154,8 @@ def plan_delete(
     if record.is_external and record.is_internal:
         warnings.append("This snapshot mixes internal and external disks.")
     if dependents is not None:
+        if dependents.mistaken and refusal is None:
+            refusal = dependents.mistaken
         if dependents.unchecked:
             warnings.append(dependents.unchecked)
         if dependents.holders and refusal is None:
@@ -191,6 +196,8 @@ class DeleteDependents:
 
     holders: tuple[str, ...] = ()
     unchecked: str | None = None
+    mistaken: str | None = None
+    """Why QEMU could delete another internal snapshot than the one meant (a digits name)."""
     """Why the answer may be incomplete (a remote host's chains, unreadable records)."""
 
 
@@ -222,9 +229,17 @@ def find_dependents(
     their snapshots, linked clones through their backing chains). Blocks: run it off the
     GUI thread."""
     here = files_are_here(loader.connection.display_uri)
+    mistaken = None
+    if tree.get(snapshot) is not None and mode is not DeleteMode.METADATA_ONLY:
+        removed = [tree[snapshot]] if mode is DeleteMode.SNAPSHOT else []
+        if mode is not DeleteMode.SNAPSHOT:
+            removed += [tree[name] for name in tree.descendants(snapshot)]
+            if mode is DeleteMode.CHILDREN:
+                removed.append(tree[snapshot])
+        mistaken = mistaken_by_qemu(loader.lookup(domain), removed, "deleted", here)
     files = changed_files(tree, snapshot, mode, here)
     if not files:
-        return DeleteDependents()
+        return DeleteDependents(mistaken=mistaken)
     references = read_host_references(loader.connection.conn, local=here)
     holders: list[str] = []
     for path in files:
@@ -243,7 +258,7 @@ def find_dependents(
             "Other VMs on a remote host are checked through libvirt's records only; a disk "
             "whose backing chain only its image file names cannot be seen from here."
         )
-    return DeleteDependents(tuple(holders), unchecked)
+    return DeleteDependents(tuple(holders), unchecked, mistaken)
 
 
 def delete_snapshot(
@@ -302,7 +317,13 @@ def delete_snapshot(
         run_watched(lambda: target.delete(mode.flags), poll, progress)
     except libvirt.libvirtError as exc:
         loader.invalidate(dom.UUIDString())
-        raise _after_failed_delete(loader, dom.UUIDString(), name, plan, exc, progress) from None
+        overlays = {
+            r.name: [d.file for d in r.disks if d.kind is DiskKind.EXTERNAL and d.file]
+            for r in records
+        }
+        raise _after_failed_delete(
+            loader, dom.UUIDString(), name, plan, exc, progress, overlays if here else None
+        ) from None
     loader.invalidate(dom.UUIDString())
     _log.info("deleted %s from %s in %.2f s", plan.removes, name, time.monotonic() - started)
     _check_images(images, plan)
@@ -377,34 +398,68 @@ def _after_failed_delete(
     plan: DeletePlan,
     exc: libvirt.libvirtError,
     progress: ProgressCallback,
+    overlays: dict[str, list[str]] | None,
 ) -> VirtError:
     """What to tell after a failed delete; when the connection dropped, what the host
-    says now (the delete may have finished, or the daemon's restart stopped the merge)."""
-    doing = f"deleting {plan.snapshot!r}"
+    says now (the delete may have finished, or the daemon's restart stopped the merge).
+
+    ``overlays``: each external snapshot's overlay files, when they can be checked here.
+    libvirt removes an overlay once QEMU has merged it and only then records the result:
+    a daemon killed in between restarts still listing the snapshot, whose data is merged
+    and whose overlay is gone. That snapshot is finished here (its record removed).
+    """
+    doing = f"deleting {quoted(plan.snapshot)}"
     if not is_connection_lost(exc):
         return explain(exc, doing)
     conn = host_after_failure(loader.connection, exc, doing, (), progress)
     try:
         dom = conn.lookupByUUIDString(uuid)
+        settle(dom)
         still = set(dom.snapshotListNames(0)) & set(plan.removes)
+        merged = sorted(
+            n
+            for n in still
+            if overlays is not None
+            and overlays.get(n)
+            and not any(os.path.lexists(path) for path in overlays[n])
+        )
+        for snapshot in merged:
+            dom.snapshotLookupByName(snapshot, 0).delete(
+                libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
+            )
+        still -= set(merged)
     except libvirt.libvirtError as again:
         return VirtError(
             f"The connection to the host was lost while {doing}, and the host could not "
             f"say afterwards whether it finished ({explain(again).message})"
         )
+    stale = (
+        f" Its data had been merged and its overlay removed, so vmsnap removed libvirt's "
+        f"record of {', '.join(quoted(n) for n in merged)} as well; libvirt shows the VM's "
+        "old disk chain until the VM is shut off and started again."
+        if merged
+        else ""
+    )
     if not still:
         return VirtError(
             f"The connection to the host was lost while {doing}, but the host finished: "
-            f"{', '.join(repr(n) for n in plan.removes)} "
-            f"{'is' if len(plan.removes) == 1 else 'are'} gone.",
+            f"{', '.join(quoted(n) for n in plan.removes)} "
+            f"{'is' if len(plan.removes) == 1 else 'are'} gone.{stale}",
             code=DELETE_FINISHED_ANYWAY,
         )
     gone = [n for n in plan.removes if n not in still]
-    partly = f" {', '.join(repr(n) for n in gone)} went; the rest stays." if gone else ""
+    partly = f" {', '.join(quoted(n) for n in gone)} went.{stale}" if gone else ""
+    external = [n for n in still if overlays is None or overlays.get(n)]
+    caveat = (
+        " The VM's disks read as before, but a merge may have begun: reverting to "
+        f"{', '.join(quoted(n) for n in sorted(external))} may not give exactly the saved "
+        "state; delete it again to finish."
+        if external
+        else " Its disks are as before the delete."
+    )
     return VirtError(
-        f"The connection to the host was lost while {doing}; {name!r} still has "
-        f"{', '.join(repr(n) for n in sorted(still))}, with its disks as before the delete."
-        f"{partly}"
+        f"The connection to the host was lost while {doing}; {quoted(name)} still has "
+        f"{', '.join(quoted(n) for n in sorted(still))}.{caveat}{partly}"
     )
 
 

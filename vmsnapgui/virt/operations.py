@@ -24,7 +24,7 @@ from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback
 from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DomainState
 from vmsnapgui.core.snapshot_xml import with_description
-from vmsnapgui.core.validation import validate_description
+from vmsnapgui.core.validation import unstorable, validate_description
 from vmsnapgui.virt.errors import VirtError, explain
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
@@ -49,6 +49,12 @@ def domain_state(dom: libvirt.virDomain) -> DomainState:
 
 def lookup_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot:
     """The libvirt snapshot object, or a one-sentence error naming what is missing."""
+    problem = unstorable(name)
+    if problem:
+        raise VirtError(
+            f"The virtual machine {quoted(dom.name())} has no snapshot called {quoted(name)} "
+            f"({problem})."
+        )
     try:
         return dom.snapshotLookupByName(name, 0)
     except libvirt.libvirtError as exc:
@@ -164,6 +170,9 @@ def set_description(
     text = validate_description(description) if description else None
     dom = resolve_domain(loader, domain)
     doing = f"changing the description of {quoted(snapshot)}"
+    problem = unstorable(snapshot)
+    if problem:
+        raise VirtError(f"Failed {doing}: that snapshot does not exist ({problem}).")
     try:
         snap = dom.snapshotLookupByName(snapshot, 0)
         xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)

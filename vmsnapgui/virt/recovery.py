@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 import libvirt
@@ -29,6 +30,8 @@ from vmsnapgui.virt.host_files import FileIdentity, Removal, read_host_reference
 
 _log = logging.getLogger(__name__)
 
+# How long a restarted daemon is given to take a domain back (see settle()).
+SETTLE_SECONDS = 15.0
 # How long a file that only a process holds is watched before it is kept.
 HOLDERS_SETTLE_SECONDS = 10.0
 # How long an operation waits for a lost host before it says the outcome is unknown.
@@ -75,6 +78,32 @@ def host_after_failure(
             f"answered again, so whether it happened is unknown.{left}",
             detail=f"{error.detail}\n{still_away.message}",
         ) from None
+
+
+def settle(dom: libvirt.virDomain, timeout: float = SETTLE_SECONDS) -> None:
+    """Wait until a restarted daemon has taken the domain back.
+
+    A libvirt daemon that starts again reads each VM's state from its status file and
+    only then, on a thread of its own, reconnects to QEMU and finishes or undoes what
+    its predecessor left (resuming a VM a snapshot paused, cancelling a memory save).
+    Calls made meanwhile see the state of the file, not QEMU's. A query that needs the
+    domain's job (block info) waits for that reconnection; a job libvirt still runs
+    for recovery is waited out too.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        target = ET.fromstring(dom.XMLDesc(0)).find("./devices/disk/target")
+        if target is not None and dom.isActive():
+            dom.blockInfo(target.get("dev", ""), 0)
+    except (libvirt.libvirtError, ET.ParseError):
+        pass
+    while time.monotonic() < deadline:
+        try:
+            if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                return
+        except libvirt.libvirtError:
+            return
+        time.sleep(0.1)
 
 
 def remove_unused(

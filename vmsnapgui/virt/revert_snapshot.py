@@ -17,12 +17,20 @@ import libvirt
 
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DomainState, Snapshot
+from vmsnapgui.virt.connection import files_are_here
 from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 from vmsnapgui.virt.operations import domain_state, lookup_snapshot, resolve_domain, snapshot_names
-from vmsnapgui.virt.recovery import host_after_failure
+from vmsnapgui.virt.recovery import host_after_failure, settle
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
-from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_options, take_snapshot
+from vmsnapgui.virt.take_snapshot import (
+    SnapshotMode,
+    TakeRequest,
+    mistaken_by_qemu,
+    take_options,
+    take_snapshot,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -84,11 +92,20 @@ def revert_snapshot(
     """Revert ``domain`` to ``snapshot``; see the module docstring for the safety net."""
     started = time.monotonic()
     dom = resolve_domain(loader, domain)
-    target = lookup_snapshot(dom, snapshot)
+    uuid = dom.UUIDString()
+    lookup_snapshot(dom, snapshot)
+    state_before = domain_state(dom)
     loaded = loader.load(dom)
     record = loaded.tree.get(snapshot)
     if record is None:
-        raise VirtError(f"The virtual machine {dom.name()!r} has no snapshot called {snapshot!r}.")
+        raise VirtError(
+            f"The virtual machine {quoted(dom.name())} has no snapshot called {quoted(snapshot)}."
+        )
+    mistaken = mistaken_by_qemu(
+        dom, [record], "reverted to", files_are_here(loader.connection.display_uri)
+    )
+    if mistaken:
+        raise VirtError(mistaken)
     caps = loader.connection.capabilities
     if record.is_external and not caps.external_revert:
         raise VirtError(
@@ -106,6 +123,23 @@ def revert_snapshot(
         if note:
             notes.append(note)
 
+    if safety is not None:
+        # The take may have had to reconnect: ask the connection as it is now.
+        try:
+            dom = loader.connection.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            raise VirtError(
+                f"Nothing was reverted: {explain(exc).message[:1].lower()}"
+                f"{explain(exc).message[1:]} The safety snapshot {safety!r} holds the "
+                "state the VM is in.",
+                detail=explain(exc).detail,
+            ) from None
+    try:
+        target = lookup_snapshot(dom, snapshot)
+    except UserError as exc:
+        held = f" The safety snapshot {safety!r} holds the state the VM is in." if safety else ""
+        raise VirtError(f"Nothing was reverted: {exc.message}{held}", detail=exc.detail) from None
+
     flags = 0
     if end_state is EndState.RUNNING:
         flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
@@ -114,8 +148,6 @@ def revert_snapshot(
     if force:
         flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
 
-    state_before = domain_state(dom)
-    uuid = dom.UUIDString()
     progress(Progress(f"Reverting to {snapshot!r}", can_cancel=False))
     try:
         dom.revertToSnapshot(target, flags)
@@ -174,6 +206,7 @@ def _after_lost_revert(
     )
     try:
         dom = conn.lookupByUUIDString(uuid)
+        settle(dom)
         now = DomainState.from_code(dom.state(0)[0])
         current = _current_name(dom)
     except libvirt.libvirtError as again:

@@ -24,6 +24,7 @@ from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DomainState, DomainSummary, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 from vmsnapgui.core.snapshot_xml import parse_snapshot_xml
+from vmsnapgui.core.validation import unstorable
 from vmsnapgui.virt.connection import Connection
 from vmsnapgui.virt.errors import VirtError, explain, is_connection_lost
 
@@ -130,6 +131,12 @@ class SnapshotLoader:
 
     def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
         """Find a domain by name, or by UUID when no name matches."""
+        problem = unstorable(name_or_uuid)
+        if problem:
+            raise VirtError(
+                f"There is no virtual machine called {quoted(name_or_uuid)} "
+                f"on {self.connection.display_uri} ({problem})."
+            )
         conn = self._conn()
         try:
             return conn.lookupByName(name_or_uuid)

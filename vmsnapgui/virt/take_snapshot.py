@@ -13,6 +13,7 @@ import enum
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,8 @@ from vmsnapgui.core.progress import (
     ProgressCallback,
     ignore_progress,
 )
-from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, SnapshotDisk
+from vmsnapgui.core.quoting import quoted
+from vmsnapgui.core.snapshot import DiskKind, DomainState, MemoryKind, Snapshot, SnapshotDisk
 from vmsnapgui.core.snapshot_xml import parse_snapshot_xml, snapshot_request_xml
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.core.validation import ValidationError, validate_description, validate_snapshot_name
@@ -57,6 +59,7 @@ from vmsnapgui.virt.recovery import (
     host_after_failure,
     kept_files_sentence,
     remove_unused,
+    settle,
 )
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
@@ -586,6 +589,45 @@ def internal_entries(path: str | None) -> list[Qcow2Snapshot] | None:
         return None
 
 
+def mistaken_by_qemu(
+    dom: libvirt.virDomain, snapshots: Sequence[Snapshot], doing: str, here: bool
+) -> str | None:
+    """Why an internal snapshot whose name is only digits cannot be ``doing`` safely.
+
+    QEMU (``loadvm``, ``delvm``, ``qemu-img snapshot -a/-d``, which libvirt runs) finds an
+    internal snapshot by number or by name, whichever matches first in the image's table:
+    a snapshot called "2" made elsewhere (vmsnap refuses such names) may stand for
+    snapshot number 2, another one. None when no such name is involved.
+    """
+    suspects = [
+        s.name for s in snapshots if s.is_internal and s.name.isascii() and s.name.isdigit()
+    ]
+    if not suspects:
+        return None
+    try:
+        sources = [d.source for d in domain_disks(dom.XMLDesc(0)) if d.snapshottable]
+    except libvirt.libvirtError as exc:
+        reason = explain(exc).message
+        return f"Could not read the VM's disks to check snapshot {quoted(suspects[0])}: {reason}"
+    for name in suspects:
+        for path in sources:
+            entries = internal_entries(path) if here else None
+            if entries is None:
+                return (
+                    f"Snapshot {quoted(name)} cannot be {doing} safely: its name is only "
+                    "digits, QEMU may take it for the number of another snapshot, and the "
+                    f"disk image {path} cannot be read from here to rule that out."
+                )
+            for entry in entries:
+                if entry.id == name and entry.name != name:
+                    return (
+                        f"Snapshot {quoted(name)} cannot be {doing} safely: {path} numbers "
+                        f"snapshot {quoted(entry.name)} {name}, and QEMU would act on that "
+                        "one instead."
+                    )
+    return None
+
+
 # --------------------------------------------------------------------------- failure
 
 
@@ -637,6 +679,8 @@ class _Attempt:
         """What happened, from the host's answers now; files are removed only here."""
         lost = is_connection_lost(exc)
         dom = conn.lookupByUUIDString(self.uuid)
+        if lost:
+            settle(dom)
         if lost and self._was_taken(dom):
             return TakeResult(
                 self.name,
@@ -819,7 +863,15 @@ class _Attempt:
                 return f" The VM is {state.value} now (it was {self.state_before.value})."
             return ""
         resumed = self._resume_if_we_paused(dom)
-        return f" {resumed}" if resumed else ""
+        if resumed:
+            return f" {resumed}"
+        try:
+            state = DomainState.from_code(dom.state(0)[0])
+        except libvirt.libvirtError:
+            return ""
+        if state is not self.state_before:
+            return f" The VM is {state.value} now (it was {self.state_before.value})."
+        return ""
 
 
 # Paused by libvirt for the snapshot (or a save that was its memory part).

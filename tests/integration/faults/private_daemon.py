@@ -105,7 +105,8 @@ class PrivateDaemon:
         deadline = time.monotonic() + 10
         while not (self.base / "ready").exists():
             if self._anchor.poll() is not None or time.monotonic() > deadline:
-                error = self._anchor.stderr.read().decode() if self._anchor.stderr else ""
+                self._anchor.kill()
+                error = (self._anchor.communicate()[1] or b"").decode(errors="replace")
                 raise DaemonUnavailable(f"no private mount namespace here: {error.strip()}")
             time.sleep(0.02)
         (self.base / "anchor.pid").write_text(str(self._anchor.pid))
@@ -159,7 +160,7 @@ class PrivateDaemon:
         _stop_daemons(self.base)
         if self._anchor is not None:
             self._anchor.kill()
-            self._anchor.wait()
+            self._anchor.communicate()  # also closes its stderr pipe (else a ResourceWarning)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from tests.integration.faults.conftest import (
     assert_restarts,
     fault_rng,
     fresh_conn,
+    ready,
     soak_record,
     soak_rounds,
 )
@@ -150,6 +151,7 @@ def test_soak_reverts_with_the_daemon_killed_at_random_moments(
 ) -> None:
     rng = fault_rng(request.config)
     for _ in range(soak_rounds(request.config, default=2)):
+        ready(fault_loader)
         guest = internal_guest(fault_guest, fault_loader)
         before = guest.files()
         outcome = revert_with_fault(
@@ -248,6 +250,7 @@ def test_soak_deletes_with_the_daemon_killed_at_random_moments(
 ) -> None:
     rng = fault_rng(request.config)
     for _ in range(soak_rounds(request.config, default=2)):
+        ready(fault_loader)
         if rng.random() < 0.5:
             guest, name = external_chain(fault_guest, fault_loader), "e1"
         else:

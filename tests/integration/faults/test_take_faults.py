@@ -23,6 +23,7 @@ from tests.integration.faults.conftest import (
     assert_restarts,
     fault_rng,
     held_by,
+    ready,
     soak_record,
     soak_rounds,
 )
@@ -138,6 +139,7 @@ def test_soak_takes_with_the_daemon_killed_at_random_moments(
     rounds = soak_rounds(request.config, default=2)
     modes = [SnapshotMode.EXTERNAL_DISK, SnapshotMode.EXTERNAL_MEMORY, SnapshotMode.INTERNAL_MEMORY]
     for round_number in range(rounds):
+        ready(fault_loader)
         guest = fault_guest()
         before = guest.files()
         mode = rng.choice(modes)

@@ -81,6 +81,11 @@ def test_descriptions_may_span_lines_and_hold_xml_characters() -> None:
             "bell\x07",
             "The description contains control characters; only line breaks and tabs are allowed.",
         ),
+        (
+            "ok\ufffe",
+            "The description contains \\ufffe at position 3, which is not a character XML "
+            "(and so libvirt) can store.",
+        ),
     ],
 )
 def test_bad_descriptions_are_refused(text: str, message: str) -> None:
@@ -206,3 +211,12 @@ def test_descriptions_utf8_cannot_encode_are_refused_and_emoji_are_fine() -> Non
     )
     text = EMOJI * MAX_DESCRIPTION_LENGTH  # 16,000 bytes: libvirt takes millions
     assert validate_description(text) == text
+
+
+def test_xml_noncharacters_are_refused_in_names() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_snapshot_name("a\uffffb")
+    assert caught.value.message == (
+        "A snapshot name contains \\uffff at position 2, which is not a character XML "
+        "(and so libvirt) can store."
+    )
