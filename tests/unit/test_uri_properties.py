@@ -4,15 +4,11 @@ refused in one short, clear line, and opening a URI opens exactly what it names.
 ``validate_uri`` runs on text of any kind; opening runs on libvirt's test driver and on
 strings that never leave this computer (no host part, no command-running transports).
 
-Inputs the strategies leave out on purpose, each a bug in the engine with a strict
-``xfail`` test below that says so until it is fixed (then remove the exclusion too):
-
-- URIs that ``urllib.parse.urlsplit`` cannot split (``qemu://[x/system``, a host with
-  a character NFKC turns into ``#``): :func:`validate_uri` lets its ``ValueError`` out.
-- A URI that is not one, longer than the message limit: the refusal quotes it whole.
-- A test-driver path with characters a terminal does not print: the refusal shows them raw.
-- ``%`` in test-driver paths: :func:`validate_uri` checks the literal path while
-  libvirt percent-decodes it, so another file is opened, and an encoded path is refused.
+Bugs these properties found, each fixed and kept fixed by a plain test below: text
+``urlsplit`` cannot split let a ``ValueError`` out; long non-URIs and unprintable
+test-driver paths were quoted raw and whole; ``%`` in a test-driver path was checked
+literally while libvirt decodes it (so another file opened, and an encoded one was
+refused).
 
 Run with ``VMSNAP_HYPOTHESIS_PROFILE=soak`` for many more inputs.
 """
@@ -20,12 +16,11 @@ Run with ``VMSNAP_HYPOTHESIS_PROFILE=soak`` for many more inputs.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmsnapgui.virt.connection import MAX_URI_LENGTH, Connection, validate_uri
@@ -82,40 +77,6 @@ SCHEMES = st.sampled_from(
 WHITESPACE = st.text(st.sampled_from(" \t\n\r\x0b\x0c\x1c\x85\xa0\u3000\u2028"), max_size=3)
 
 
-def _splits(text: str) -> bool:
-    try:
-        urlsplit(text.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def _quoted_whole(text: str) -> bool:
-    """True for text refused as "not a libvirt URI" that is longer than a message may be."""
-    stripped = text.strip()
-    return (
-        250 < len(stripped) <= MAX_URI_LENGTH
-        and not any(ord(ch) < 32 or ord(ch) == 127 for ch in stripped)
-        and not re.match(r"[a-z][a-z0-9]*(\+[a-z0-9]+)?://", stripped, re.IGNORECASE)
-    )
-
-
-def _printable_test_path(text: str) -> bool:
-    stripped = text.strip()
-    if not stripped.lower().startswith("test:"):
-        return True
-    try:
-        path = urlsplit(stripped).path
-    except ValueError:
-        return True
-    return path.isprintable() and len(path) <= 200
-
-
-def _clear_of_known_bugs(text: str) -> bool:
-    """False for the inputs of the known bugs listed in the module docstring."""
-    return _splits(text) and not _quoted_whole(text) and _printable_test_path(text)
-
-
 URI_TEXT = st.one_of(
     HOSTILE_TEXT,
     st.builds(lambda scheme, rest: f"{scheme}://{rest}", SCHEMES, HOSTILE_TEXT),
@@ -142,7 +103,7 @@ URI_TEXT = st.one_of(
 
 
 @budget(300)
-@given(text=URI_TEXT.filter(_clear_of_known_bugs))
+@given(text=URI_TEXT)
 @example(text="qemu:///system\n")
 @example(text="q" * 65536)
 def test_a_uri_is_returned_as_typed_or_refused_in_one_clear_line(text: str) -> None:
@@ -160,11 +121,6 @@ def test_a_uri_is_returned_as_typed_or_refused_in_one_clear_line(text: str) -> N
         assert os.path.isfile(urlsplit(uri).path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: validate_uri (virt/connection.py) calls urlsplit unguarded; its ValueError "
-    "escapes (vmsnap -c 'qemu://[x/system' list prints a traceback)",
-)
 @pytest.mark.parametrize("text", ["qemu://[x/system", "qemu://a\uff03b/system"])
 def test_a_uri_urlsplit_cannot_split_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(VirtError) as refused:
@@ -172,22 +128,12 @@ def test_a_uri_urlsplit_cannot_split_is_refused_in_one_line(text: str) -> None:
     assert_one_clear_line(refused.value.message, "URI")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: validate_uri (virt/connection.py) quotes text that is no URI whole with "
-    "{text!r}, up to 4096 characters, instead of quoted()",
-)
 def test_a_long_text_that_is_no_uri_is_refused_in_a_short_line() -> None:
     with pytest.raises(VirtError) as refused:
         validate_uri("x" * MAX_URI_LENGTH)
     assert_one_clear_line(refused.value.message, "URI")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: validate_uri (virt/connection.py) puts the test-driver path raw into "
-    "'The test-driver file … does not exist.'",
-)
 @pytest.mark.parametrize("path", ["/tmp/a\x85b.xml", "/tmp/\u202ecod.xml", "/" + "p" * 4000])
 def test_a_missing_test_driver_file_is_named_escaped_and_short(path: str) -> None:
     with pytest.raises(VirtError) as refused:
@@ -214,9 +160,6 @@ FILE_NAME = st.text(
         "/" not in name
         and "\x00" not in name
         and name not in (".", "..")
-        # bug: validate_uri checks the literal path while libvirt percent-decodes it
-        # (test_a_percent_in_a_test_driver_path_never_opens_another_file).
-        and "%" not in name
         and len(name.encode("utf-8")) <= 200
     )
 )
@@ -241,7 +184,6 @@ def test_opening_a_test_driver_file_opens_that_file_or_says_why(
     expected = "hostile-lab"
     path.write_text(LAB_XML.format(name=expected), encoding="utf-8")
     uri = "test://" + (quote(str(path)) if encoded else str(path))
-    assume(_clear_of_known_bugs(uri))
     try:
         names = _host_names(uri)
     except VirtError as exc:
@@ -250,11 +192,6 @@ def test_opening_a_test_driver_file_opens_that_file_or_says_why(
     assert names == [expected]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: validate_uri (virt/connection.py) checks os.path.isfile on the literal "
-    "path; libvirt percent-decodes it and opens realA.xml, another host",
-)
 def test_a_percent_in_a_test_driver_path_never_opens_another_file(tmp_path: Path) -> None:
     (tmp_path / "real%41.xml").write_text(LAB_XML.format(name="real"), encoding="utf-8")
     (tmp_path / "realA.xml").write_text(LAB_XML.format(name="decoy"), encoding="utf-8")
@@ -266,11 +203,6 @@ def test_a_percent_in_a_test_driver_path_never_opens_another_file(tmp_path: Path
     assert names == ["real"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: validate_uri (virt/connection.py) refuses a correctly percent-encoded "
-    "test-driver path ('does not exist'), and libvirt refuses it unencoded",
-)
 def test_a_test_driver_file_with_a_space_can_be_opened(tmp_path: Path) -> None:
     path = tmp_path / "my lab.xml"
     path.write_text(LAB_XML.format(name="spaced"), encoding="utf-8")
@@ -293,7 +225,7 @@ OPENABLE = st.one_of(
 
 
 @budget(60)
-@given(text=OPENABLE.filter(_clear_of_known_bugs))
+@given(text=OPENABLE)
 @example(text="test:///default")
 @example(text="test:///default?x=\u202e")
 def test_opening_any_local_uri_connects_or_says_why_in_one_line(text: str) -> None:
@@ -311,12 +243,3 @@ def test_opening_any_local_uri_connects_or_says_why_in_one_line(text: str) -> No
             assert [d.name() for d in connection.conn.listAllDomains(0)] == ["test"]
     finally:
         connection.close()
-
-
-def test_the_strategies_reach_the_interesting_inputs() -> None:
-    """The filters above must not remove what the properties are about."""
-    assert _clear_of_known_bugs("qemu+ssh://root@host/system?no_verify=1")
-    assert _clear_of_known_bugs("x" * 65536)  # refused as too long, before quoting
-    assert _clear_of_known_bugs("test:///tmp/printable path.xml")
-    assert not _clear_of_known_bugs("qemu://[x/system")
-    assert not _clear_of_known_bugs("y" * 300)

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import libvirt
 
+from vmsnapgui.core.quoting import quoted
 from vmsnapgui.virt.errors import VirtError, explain, explain_open_error, is_connection_lost
 from vmsnapgui.virt.event_loop import ensure_event_loop, quiet_libvirt_errors
 
@@ -94,17 +95,30 @@ def validate_uri(uri: str) -> str:
         raise VirtError("The connection URI is too long.")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise VirtError("The connection URI contains control characters.")
+    refusal = (
+        f"{quoted(text)} is not a libvirt URI; it should look like qemu:///system "
+        "or qemu+ssh://user@host/system."
+    )
     if not _URI_SCHEME.match(text):
-        raise VirtError(
-            f"{text!r} is not a libvirt URI; it should look like qemu:///system "
-            "or qemu+ssh://user@host/system."
-        )
-    parts = urlsplit(text)
+        raise VirtError(refusal)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unclosed '[' in the host
+        raise VirtError(refusal) from None
     if parts.scheme == "test" and (parts.netloc or parts.path not in ("", "/default")):
         if parts.netloc or not os.path.isabs(parts.path):
             raise VirtError("A test-driver URI needs an absolute path: test:///path/to/file.xml.")
-        if not os.path.isfile(parts.path):
-            raise VirtError(f"The test-driver file {parts.path} does not exist.")
+        # libvirt percent-decodes the path (test:///my%20lab.xml opens "my lab.xml").
+        path = unquote_to_bytes(parts.path)
+        if path != os.fsencode(parts.path) and os.path.isfile(parts.path):
+            raise VirtError(
+                f"libvirt reads '%' in a test-driver URI as an escape: it would open "
+                f"{quoted(os.fsdecode(path), 300)}, not {quoted(parts.path, 300)}; write "
+                "%25 for each '%' in the file name."
+            )
+        if not os.path.isfile(path):
+            shown = os.fsdecode(path)
+            raise VirtError(f"The test-driver file {quoted(shown, 300)} does not exist.")
     return text
 
 

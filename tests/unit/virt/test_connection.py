@@ -100,7 +100,7 @@ def test_versions_unpack_like_libvirt_packs_them() -> None:
             "test://relative.xml",
             "A test-driver URI needs an absolute path: test:///path/to/file.xml.",
         ),
-        ("test:///no/such/file.xml", "The test-driver file /no/such/file.xml does not exist."),
+        ("test:///no/such/file.xml", "The test-driver file '/no/such/file.xml' does not exist."),
         ("q" * 5000 + "://x", "The connection URI is too long."),
     ],
 )
