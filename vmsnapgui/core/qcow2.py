@@ -7,16 +7,19 @@ changed between them, and counting which layers reference each host cluster tell
 deleting a snapshot would free. See DESIGN.md, "Delta sizes".
 
 The reader never writes and takes no lock. It reads through a :class:`ByteSource` in a
-handful of batched phases (header, snapshot table, all L1 tables, all L2 tables) so that a
-remote source pays a few round trips, not one per table. Everything a header claims is
-checked against the file size and fixed limits before anything is allocated; a file that
-does not hold up raises :class:`Qcow2Error` with a sentence a user can read.
+handful of batched phases (header, snapshot table, all L1 tables, the L2 tables in batches
+of a few MiB) so that a remote source pays a few round trips, not one per table. Everything
+a header claims is checked against the file size and fixed limits before anything is
+allocated; a file that does not hold up raises :class:`Qcow2Error` with a sentence a user
+can read. Memory stays bounded whatever the image holds: a huge image costs more passes
+over its tables, not more memory (see "cluster maps" below).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -63,9 +66,6 @@ _MAX_SNAPSHOT_TABLE_BYTES: Final = 64 * 1024 * 1024
 _MAX_SNAPSHOT_EXTRA: Final = 1024
 _MAX_BACKING_NAME: Final = 1023
 _SNAPSHOT_ENTRY_FIXED: Final = 40
-# The most table bytes one analysis will hold in memory. A 1 TiB image fully written with
-# 64 KiB clusters needs 128 MiB of L2 tables per distinct layer, so this leaves room.
-MAX_TABLE_BYTES: Final = 1024 * 1024 * 1024
 
 # The first read covers the header, its extensions and (as QEMU writes it) the backing
 # file name for every cluster size up to 64 KiB, in one request.
@@ -583,22 +583,37 @@ def _read_snapshot_table(
 
 
 # --------------------------------------------------------------------------- cluster maps
+#
+# How the work stays within bounded memory, whatever the image says: layers that share an
+# L1 table are read once, per distinct part of that table ("slices"); L1 tables are looked
+# at a chunk of entries at a time; L2 tables are read and decoded a batch at a time and
+# summed per table, in ranges of table offsets ("windows") small enough to hold one number
+# per table; deltas compare each distinct pair of L2 tables once; exclusive bytes count,
+# per host cluster, how many entries reference it, a range of clusters (one byte each) per
+# pass. A typical image fits in one window and one pass, with every decoded entry kept in
+# memory, so nothing is read twice; only a huge image pays more passes, never more memory.
 
+# All L1 tables are kept when they fit here; one maximal table (32 MiB) does.
+_L1_CACHE_BYTES: Final = 32 * 1024 * 1024
+# L1 entries looked at in one step.
+_L1_CHUNK: Final = 1 << 20
+# Bytes of L2 tables asked for in one read (a remote source fetches them concurrently,
+# so fewer, larger reads save round trips), and decoded in one step.
+_L2_READ_BYTES: Final = 32 * 1024 * 1024
+_L2_BATCH_BYTES: Final = 8 * 1024 * 1024
+# Decoded entries (24 bytes each) kept for later passes when all of them fit.
+_KEEP_ENTRIES: Final = 2 << 20
+# Distinct L2 tables summed in one window (about 40 bytes each).
+_WINDOW_TABLES: Final = 1 << 20
+# Host clusters whose references are counted in one pass, a byte each: 3 TiB of 64 KiB.
+_DENSE_CLUSTERS: Final = 48 << 20
+# Other keys (compressed data, offsets past the file) counted in one pass, by sorting.
+_SPARSE_KEYS: Final = 1 << 20
+# Entries gathered in one step of comparing L2 tables for a delta.
+_PAIR_ENTRIES: Final = 1 << 16
 
-@dataclass(frozen=True)
-class _Layer:
-    """One layer's L1 table as indices into the decoded L2 tables (-1: no table)."""
-
-    tables: _I64
-    vm_state_index: int
-
-    @property
-    def data(self) -> _I64:
-        return self.tables[: self.vm_state_index]
-
-    @property
-    def vmstate(self) -> _I64:
-        return self.tables[self.vm_state_index :]
+_U8 = NDArray[np.uint8]
+_I32 = NDArray[np.int32]
 
 
 @dataclass(frozen=True)
@@ -775,9 +790,9 @@ def _entries_per_key(key: _U64, cluster_bits: int, file_size: int) -> _I64:
         return np.zeros(0, np.int64)
     if bool((key < _COMPRESSED_TAG).all()):
         cluster = (key >> np.uint64(cluster_bits)).astype(np.int64)
-        # A dense count is one pass, but needs a slot per host cluster: use it only while
-        # that is about the file's size (a damaged entry can point anywhere).
-        dense_limit = min(1 << 24, 2 * (file_size >> cluster_bits) + 1024)
+        # A dense count is one pass, but needs 8 bytes per host cluster: use it only while
+        # that is about the file's size (a damaged entry can point anywhere) and small.
+        dense_limit = min(1 << 22, 2 * (file_size >> cluster_bits) + 1024)
         if int(cluster.max()) < dense_limit:
             by_cluster: _I64 = np.bincount(cluster)[cluster]
             return by_cluster
@@ -786,30 +801,711 @@ def _entries_per_key(key: _U64, cluster_bits: int, file_size: int) -> _I64:
     return by_key
 
 
-def _read_l1_tables(source: ByteSource, layout: Qcow2Layout) -> list[_U64]:
-    """Read the active and every snapshot L1 table in one batch; return their L2 offsets."""
-    specs = [(layout.l1_table_offset, layout.l1_size)] + [
-        (s.l1_table_offset, s.l1_size) for s in layout.snapshots
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    """Entries ``[start, stop)`` of the L1 table at ``offset``.
+
+    A layer's L1 table has two parts: the entries that map its disk, and those past the
+    disk, where a vmstate is kept. Layers whose parts are the same slice are measured once.
+    """
+
+    offset: int
+    start: int
+    stop: int
+
+
+@dataclass
+class _Plan:
+    """The distinct slices and parent/child pairs of slices that the layers need measured."""
+
+    data: list[_Slice] = field(default_factory=list)
+    data_layers: list[int] = field(default_factory=list)
+    """How many layers have each data slice: each counts as a reference to its tables."""
+    vmstate: list[_Slice] = field(default_factory=list)
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    """(child, parent) data slices, distinct and different, to compare for a delta."""
+    layer_data: list[int | None] = field(default_factory=list)
+    layer_vmstate: list[int | None] = field(default_factory=list)
+    layer_pair: list[tuple[int, int] | None] = field(default_factory=list)
+    """Per layer: a pair index ``(0, k)``, or ``(1, slice)`` when the delta is that data
+    slice's own bytes (no parent table), or None when the delta is zero."""
+
+
+def _plan_layers(layout: Qcow2Layout, parents: list[int | None], now: int | None) -> _Plan:
+    """Reduce the layers (Now first, then the snapshots) to distinct slices and pairs."""
+    plan = _Plan()
+    data_index: dict[_Slice, int] = {}
+    vmstate_index: dict[_Slice, int] = {}
+    pair_index: dict[tuple[int, int], int] = {}
+    tables = [(layout.l1_table_offset, layout.l1_size, layout.virtual_size)] + [
+        (s.l1_table_offset, s.l1_size, s.disk_size) for s in layout.snapshots
     ]
-    distinct = sorted({spec for spec in specs if spec[1] > 0})
-    total = sum(size * 8 for _, size in distinct)
-    # Real L1 tables never overlap, so together they fit in the file; a header that says
-    # otherwise would make us read the same bytes over and over.
-    if total > layout.file_size or total > MAX_TABLE_BYTES:
-        raise Qcow2Error("The image is corrupt: its L1 tables add up to more than the file holds.")
-    raws = source.read_many([(offset, size * 8) for offset, size in distinct])
-    decoded: dict[tuple[int, int], _U64] = {}
-    for (offset, size), raw in zip(distinct, raws, strict=True):
-        if len(raw) != size * 8:
+    for offset, size, disk_size in tables:
+        vm_index = min(layout.l1_vm_state_index(disk_size), size)
+        data = vmstate = None
+        if vm_index > 0:
+            data = data_index.setdefault(_Slice(offset, 0, vm_index), len(data_index))
+            if data == len(plan.data):
+                plan.data.append(_Slice(offset, 0, vm_index))
+                plan.data_layers.append(0)
+            plan.data_layers[data] += 1
+        if size > vm_index:
+            vmstate = vmstate_index.setdefault(_Slice(offset, vm_index, size), len(vmstate_index))
+            if vmstate == len(plan.vmstate):
+                plan.vmstate.append(_Slice(offset, vm_index, size))
+        plan.layer_data.append(data)
+        plan.layer_vmstate.append(vmstate)
+    # (Without snapshots, ``parents`` may still hold one entry: there is no layer for it.)
+    for layer, parent in enumerate([now, *parents[: len(layout.snapshots)]]):
+        child = plan.layer_data[layer]
+        parent_data = None if parent is None else plan.layer_data[parent + 1]
+        pair: tuple[int, int] | None = None
+        if child is not None and parent_data is None:
+            pair = (1, child)  # against an empty disk: everything the child maps is new
+        elif child is not None and parent_data is not None and child != parent_data:
+            key = (child, parent_data)
+            pair = (0, pair_index.setdefault(key, len(pair_index)))
+            if pair[1] == len(plan.pairs):
+                plan.pairs.append(key)
+        plan.layer_pair.append(pair)
+    return plan
+
+
+class _L1Tables:
+    """The image's distinct L1 tables, as L2 table offsets (0: no table).
+
+    Layers that share a table (same offset) share one read. All tables are read in one
+    batch and kept when they fit in ``_L1_CACHE_BYTES``; otherwise each request is read.
+    """
+
+    def __init__(self, source: ByteSource, layout: Qcow2Layout) -> None:
+        sizes: dict[int, int] = {}
+        specs = [(layout.l1_table_offset, layout.l1_size)] + [
+            (s.l1_table_offset, s.l1_size) for s in layout.snapshots
+        ]
+        for offset, size in specs:
+            if size > 0:
+                sizes[offset] = max(size, sizes.get(offset, 0))
+        self.sizes = dict(sorted(sizes.items()))
+        total = 8 * sum(self.sizes.values())
+        # Distinct L1 tables never overlap, so together they fit in the file; a header
+        # that says otherwise would make us read the same bytes over and over.
+        if total > layout.file_size:
             raise Qcow2Error(
-                f"The image is truncated: the L1 table at offset {offset} "
+                "The image is corrupt: its L1 tables add up to more than the file holds."
+            )
+        self._source = source
+        self._cache: dict[int, _U64] = {}
+        if total <= _L1_CACHE_BYTES:
+            raws = source.read_many([(offset, 8 * size) for offset, size in self.sizes.items()])
+            for (offset, size), raw in zip(self.sizes.items(), raws, strict=True):
+                self._cache[offset] = _decode_l1(offset, size, raw)
+
+    def entries(self, offset: int, start: int, stop: int) -> _U64:
+        """Entries ``[start, stop)`` of the table at ``offset``."""
+        table = self._cache.get(offset)
+        if table is not None:
+            return table[start:stop]
+        raw = self._source.read(offset + 8 * start, 8 * (stop - start))
+        return _decode_l1(offset, stop - start, raw)
+
+    def chunks(self, offset: int, start: int, stop: int) -> Iterator[tuple[int, _U64]]:
+        """``(first index, entries)`` over ``[start, stop)``, ``_L1_CHUNK`` entries at a time."""
+        for first in range(start, stop, _L1_CHUNK):
+            yield first, self.entries(offset, first, min(stop, first + _L1_CHUNK))
+
+    def table_slices(self) -> list[_Slice]:
+        """Every distinct table, whole."""
+        return [_Slice(offset, 0, size) for offset, size in self.sizes.items()]
+
+    def groups(self, slices: Sequence[_Slice]) -> Iterator[tuple[_U64, _I64, _I64]]:
+        """The entries of many slices at once: ``(entries, starts, items)``.
+
+        Run ``r`` is ``entries[starts[r] : starts[r + 1]]``, from slice ``items[r]``. Small
+        slices (the L1 tables of a small disk) share a group, so that numpy, not Python,
+        loops over them; a large slice comes in chunks.
+        """
+        pieces: list[_U64] = []
+        items: list[int] = []
+        held = 0
+        for index, piece in enumerate(slices):
+            for _, chunk in self.chunks(piece.offset, piece.start, piece.stop):
+                pieces.append(chunk)
+                items.append(index)
+                held += len(chunk)
+                if held >= _L1_CHUNK:
+                    yield _group(pieces, items)
+                    pieces, items, held = [], [], 0
+        if pieces:
+            yield _group(pieces, items)
+
+
+def _group(pieces: list[_U64], items: list[int]) -> tuple[_U64, _I64, _I64]:
+    starts = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum([len(piece) for piece in pieces], out=starts[1:])
+    entries = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return entries, starts, np.array(items, dtype=np.int64)
+
+
+def _decode_l1(offset: int, size: int, raw: bytes) -> _U64:
+    if len(raw) != 8 * size:
+        raise Qcow2Error(
+            f"The image is truncated: the L1 table at offset {offset} "
+            "lies beyond the end of the file."
+        )
+    table: _U64 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+    table &= np.uint64(_L1_OFFSET_MASK)
+    return table
+
+
+class _DistinctOffsets:
+    """The sorted distinct values of the arrays added, merged now and then to stay small."""
+
+    def __init__(self) -> None:
+        self.values: _U64 = np.zeros(0, np.uint64)
+        self._pending: list[_U64] = []
+        self._pending_count = 0
+
+    def add(self, values: _U64) -> None:
+        if len(values) == 0:
+            return
+        distinct = np.unique(values)
+        self._pending.append(distinct)
+        self._pending_count += len(distinct)
+        # Merging costs a sort of everything held: wait until the new part is as large.
+        if self._pending_count >= max(len(self.values), _L1_CHUNK):
+            self.merge()
+
+    def merge(self) -> _U64:
+        if self._pending:
+            self.values = np.unique(np.concatenate([self.values, *self._pending]))
+            self._pending = []
+            self._pending_count = 0
+        return self.values
+
+
+def _add_saturating(counts: _U8, indices: _I64) -> None:
+    """Count every index (repeats too) in ``counts``, stopping at 2."""
+    if len(indices) == 0:
+        return
+    low, high = int(indices.min()), int(indices.max()) + 1
+    if high - low <= 4 * len(indices) + 4096:
+        # Counting over the span is one pass; it costs 8 bytes per slot of the span.
+        added = np.bincount(indices - low, minlength=high - low)
+        span = counts[low:high]
+        span[:] = np.minimum(span + np.minimum(added, 2), 2)
+    else:
+        unique, repeats = np.unique(indices, return_counts=True)
+        counts[unique] = np.minimum(counts[unique] + np.minimum(repeats, 2), 2)
+
+
+class _KeyCounts:
+    """How many L2 entries share each key, for one part of the keys (a counting pass).
+
+    Keys of host clusters below ``dense_limit`` are counted in a byte per cluster, for
+    the clusters ``[low, high)``; every other key (compressed data, offsets past the file)
+    in ``sparse = (class, classes)`` is counted by sorting, sorted into ``classes`` by a
+    hash of the key. Counts stop at 2: exclusive bytes only ask "exactly one?".
+    """
+
+    def __init__(
+        self,
+        cluster_bits: int,
+        dense_limit: int,
+        dense: tuple[int, int] | None,
+        sparse: tuple[int, int] | None,
+        may_overflow: bool = False,
+    ) -> None:
+        self._bits = np.uint64(cluster_bits)
+        self._dense_limit = dense_limit
+        self._low, self._high = dense or (0, 0)
+        # np.zeros maps pages lazily: only clusters that are referenced take memory.
+        self._counts: _U8 = np.zeros(self._high - self._low, np.uint8)
+        self.sparse = sparse
+        self._may_overflow = may_overflow
+        self.overflow = False
+        """The sparse keys outgrew ``_SPARSE_KEYS``; they need passes of their own."""
+        self.sparse_total = 0
+        self._pending: list[_U64] = []
+        self._pending_count = 0
+        self._once: _U64 = np.zeros(0, np.uint64)
+        self._shared: _U64 = np.zeros(0, np.uint64)
+
+    def _split(self, keys: _U64) -> tuple[_I64, NDArray[np.bool_], NDArray[np.bool_]]:
+        """Cluster index of every key, which are counted densely here, which sparsely."""
+        standard = keys < _COMPRESSED_TAG
+        cluster = np.where(standard, keys >> self._bits, np.uint64(self._dense_limit))
+        cluster = cluster.astype(np.int64)
+        dense = (cluster >= self._low) & (cluster < self._high)
+        sparse = np.zeros(len(keys), dtype=bool)
+        if self.sparse is not None:
+            sparse = cluster >= self._dense_limit
+            part, parts = self.sparse
+            if parts > 1:
+                # Fibonacci hashing: neighbouring offsets land in different classes.
+                mixed = (keys * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+                sparse &= mixed % np.uint64(parts) == part
+        return cluster, dense, sparse
+
+    def add(self, keys: _U64) -> None:
+        """Count the keys of one batch of entries."""
+        cluster, dense, sparse = self._split(keys)
+        _add_saturating(self._counts, cluster[dense] - self._low)
+        if self.sparse is None or not sparse.any():
+            return
+        picked = keys[sparse]
+        self.sparse_total += len(picked)
+        if self.overflow:
+            return
+        self._pending.append(picked)
+        self._pending_count += len(picked)
+        if self._pending_count > _SPARSE_KEYS:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Fold the pending keys into the sorted keys seen once and those seen more."""
+        merged = np.concatenate([*self._pending, self._once, self._shared, self._shared])
+        self._pending = []
+        self._pending_count = 0
+        keys, repeats = np.unique(merged, return_counts=True)
+        self._once, self._shared = keys[repeats == 1], keys[repeats > 1]
+        if self._may_overflow and len(keys) > _SPARSE_KEYS:
+            self.overflow = True
+            self._once = self._shared = np.zeros(0, np.uint64)
+
+    def finish(self) -> None:
+        """End the counting pass."""
+        if self._pending:
+            self._compact()
+
+    def once(self, keys: _U64) -> NDArray[np.bool_]:
+        """True for the keys of this part that exactly one entry references."""
+        cluster, dense, sparse = self._split(keys)
+        result = np.zeros(len(keys), dtype=bool)
+        result[dense] = self._counts[cluster[dense] - self._low] == 1
+        if self.sparse is not None and not self.overflow:
+            picked = keys[sparse]
+            result[sparse] = _isin_sorted(picked, self._once)
+        return result
+
+
+def _isin_sorted(values: _U64, sorted_values: _U64) -> NDArray[np.bool_]:
+    if len(sorted_values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    found: NDArray[np.bool_] = sorted_values[pos] == values
+    return found
+
+
+@dataclass
+class _Window:
+    """The distinct L2 tables with offsets in ``[low, high)`` and what is known of each."""
+
+    low: int
+    high: int
+    tables: _U64
+    weight: _U8
+    """References from the layers' data slices (each layer counts), stopping at 2."""
+    owner: _I32
+    """The data slice that references the table (the one, where ``weight`` is 1)."""
+    host: _I64 = field(default_factory=lambda: np.zeros(1, np.int64))
+    """Host bytes of data per table, and a 0 after the last (see :meth:`lookup`)."""
+    guest: _I64 = field(default_factory=lambda: np.zeros(1, np.int64))
+
+    def lookup(self, entries: _U64) -> tuple[_I64, NDArray[np.bool_]]:
+        """Index in ``tables`` of every entry, and which entries name a table here.
+
+        Entries that name none (0, or a table of another window) get ``len(tables)``,
+        where ``host`` and ``guest`` hold a 0.
+        """
+        inside = self.holds(entries)
+        ids = np.searchsorted(self.tables, entries)
+        ids[~inside] = len(self.tables)
+        return ids, inside
+
+    def holds(self, entries: _U64) -> NDArray[np.bool_]:
+        mask: NDArray[np.bool_] = (entries >= np.uint64(self.low)) & (
+            entries < np.uint64(self.high)
+        )
+        return mask
+
+
+@dataclass
+class _Sums:
+    """What the passes add up, per data slice, vmstate slice and pair."""
+
+    data_bytes: _I64
+    guest_bytes: _I64
+    exclusive_bytes: _I64
+    vmstate_bytes: _I64
+    pair_delta: _I64
+    stray: int = 0
+
+
+class _Measure:
+    """The passes over an image's L1 and L2 tables that fill in :class:`_Sums`."""
+
+    def __init__(self, source: ByteSource, layout: Qcow2Layout, plan: _Plan) -> None:
+        self.source = source
+        self.layout = layout
+        self.plan = plan
+        self.l1 = _L1Tables(source, layout)
+        self.sums = _Sums(
+            data_bytes=np.zeros(len(plan.data), np.int64),
+            guest_bytes=np.zeros(len(plan.data), np.int64),
+            exclusive_bytes=np.zeros(len(plan.data), np.int64),
+            vmstate_bytes=np.zeros(len(plan.vmstate), np.int64),
+            pair_delta=np.zeros(len(plan.pairs), np.int64),
+        )
+        self.batch_tables = max(1, _L2_BATCH_BYTES // layout.cluster_size)
+        clusters = -(-layout.file_size // layout.cluster_size)
+        if layout.has_data_file:
+            # Data clusters live in the other file, which maps the disk one to one.
+            clusters = max(clusters, -(-layout.virtual_size // layout.cluster_size))
+        self.dense_limit = clusters
+
+    def run(self) -> _Sums:
+        tables, windows = self._plan_windows()
+        single = tables is not None
+        first = self._window(*windows[0], tables)
+        # Counting keys only serves exclusive bytes, which only tables that a single layer
+        # references can hold. With one window that is known before any L2 table is read.
+        needs_counts = not single or bool((first.weight == 1).any())
+        counts = _KeyCounts(
+            self.layout.cluster_bits,
+            self.dense_limit,
+            (0, min(self.dense_limit, _DENSE_CLUSTERS)),
+            (0, 1),
+            may_overflow=True,
+        )
+        kept: _L2Entries | None = None
+        for number, bounds in enumerate(windows):
+            window = first if number == 0 else self._window(*bounds)
+            kept = self._decode(window, counts if needs_counts else None, keep=single)
+            self._add_sums(window, kept)
+        if not needs_counts:
+            return self.sums
+        if kept is not None:
+            self._add_exclusive_kept(first, kept)
+            return self.sums
+        counts.finish()
+        for part in [counts, *self._more_counts(counts)]:
+            if part is not counts:
+                for bounds in windows:
+                    window = first if single else self._window(*bounds, references=False)
+                    self._count(window, part)
+                part.finish()
+            for bounds in windows:
+                window = first if single else self._window(*bounds)
+                self._add_exclusive(window, part)
+        return self.sums
+
+    # -------------------------------------------------------------- windows of L2 tables
+
+    def _plan_windows(self) -> tuple[_U64 | None, list[tuple[int, int]]]:
+        """Check every L1 entry; split the L2 tables into windows of ``_WINDOW_TABLES``.
+
+        Returns the distinct table offsets too when they all fit in one window.
+        """
+        layout = self.layout
+        cluster_size, file_size = layout.cluster_size, layout.file_size
+        # Up to 65536 ranges of the file, to find where the tables are when they are many.
+        shift = max(layout.cluster_bits, (file_size >> 16).bit_length())
+        buckets = (file_size >> shift) + 1
+        histogram: _I64 | None = None
+        distinct = _DistinctOffsets()
+        misaligned = False
+        highest = 0
+        for entries, _, _ in self.l1.groups(self.l1.table_slices()):
+            used = entries[entries != 0]
+            if len(used) == 0:
+                continue
+            misaligned = misaligned or bool(np.any(used & np.uint64(cluster_size - 1)))
+            highest = max(highest, int(used.max()))
+            distinct.add(used)
+            if len(distinct.values) > _WINDOW_TABLES:
+                # Too many to hold: from here on only count them by range of offsets
+                # (a table counted in two rounds is counted twice: windows come out
+                # smaller, never larger).
+                histogram = _bucket_counts(distinct.values, shift, buckets, histogram)
+                distinct = _DistinctOffsets()
+        if misaligned:
+            raise Qcow2Error("The image is corrupt: an L2 table offset is not cluster-aligned.")
+        if highest and highest + cluster_size > file_size:
+            raise Qcow2Error(
+                f"The image is truncated: the L2 table at offset {highest} "
                 "lies beyond the end of the file."
             )
-        decoded[(offset, size)] = np.frombuffer(raw, dtype=">u8").astype(np.uint64) & np.uint64(
-            _L1_OFFSET_MASK
+        tables = distinct.merge()
+        if histogram is None and len(tables) <= _WINDOW_TABLES:
+            return tables, [(1, file_size)]
+        histogram = _bucket_counts(tables, shift, buckets, histogram)
+        windows: list[tuple[int, int]] = []
+        low, held = 1, 0
+        for bucket in np.flatnonzero(histogram).tolist():
+            if held and held + int(histogram[bucket]) > _WINDOW_TABLES:
+                windows.append((low, bucket << shift))
+                low, held = bucket << shift, 0
+            held += int(histogram[bucket])
+        windows.append((low, file_size))
+        return None, windows
+
+    def _window(
+        self, low: int, high: int, tables: _U64 | None = None, references: bool = True
+    ) -> _Window:
+        """The tables of a window and (unless not asked) how the data slices reference them."""
+        if tables is None:
+            distinct = _DistinctOffsets()
+            for entries, _, _ in self.l1.groups(self.l1.table_slices()):
+                distinct.add(entries[(entries >= np.uint64(low)) & (entries < np.uint64(high))])
+            tables = distinct.merge()
+        window = _Window(
+            low=low,
+            high=high,
+            tables=tables,
+            weight=np.zeros(len(tables), np.uint8),
+            owner=np.zeros(len(tables), np.int32),
         )
-    empty = np.zeros(0, np.uint64)
-    return [decoded.get(spec, empty) if spec[1] > 0 else empty for spec in specs]
+        layers = np.array(self.plan.data_layers, dtype=np.int64)
+        for entries, starts, items in self.l1.groups(self.plan.data if references else []):
+            ids, inside = window.lookup(entries)
+            ids = ids[inside]
+            owner = np.repeat(items, np.diff(starts))[inside]
+            _add_saturating(window.weight, ids)
+            # A slice that several layers share references its tables that many times.
+            window.weight[ids[layers[owner] > 1]] = 2
+            window.owner[ids] = owner
+        return window
+
+    # -------------------------------------------------------------- reading L2 tables
+
+    def _read(self, offsets: _U64) -> tuple[_L2Entries, int]:
+        """Read and decode the L2 tables at ``offsets`` (one batch)."""
+        size = self.layout.cluster_size
+        raws = self.source.read_many([(offset, size) for offset in offsets.tolist()])
+        return _decode_l2_tables(self.layout, raws, offsets)
+
+    def _batches(self, offsets: _U64) -> Iterator[tuple[int, _L2Entries, int]]:
+        """``(first index, entries, stray)`` for the tables at ``offsets``, batch by batch."""
+        size = self.layout.cluster_size
+        per_read = max(1, _L2_READ_BYTES // size)
+        for first in range(0, len(offsets), per_read):
+            batch = offsets[first : first + per_read]
+            raws = self.source.read_many([(offset, size) for offset in batch.tolist()])
+            for low in range(0, len(batch), self.batch_tables):
+                high = low + self.batch_tables
+                entries, stray = _decode_l2_tables(self.layout, raws[low:high], batch[low:high])
+                yield first + low, entries, stray
+            del raws
+
+    def _decode(self, window: _Window, counts: _KeyCounts | None, keep: bool) -> _L2Entries | None:
+        """Sum every table of the window; count keys; return all entries if asked and small."""
+        window.host = np.zeros(len(window.tables) + 1, np.int64)
+        window.guest = np.zeros(len(window.tables) + 1, np.int64)
+        parts: list[_L2Entries] = []
+        held = 0
+        for first, entries, stray in self._batches(window.tables):
+            self.sums.stray += stray
+            last = first + len(entries.count)
+            window.host[first:last] = entries.table_host_bytes
+            window.guest[first:last] = entries.table_guest_bytes
+            if keep:
+                parts.append(entries)
+                held += len(entries.key)
+                if held <= _KEEP_ENTRIES:
+                    continue
+                keep = False  # too many to keep: count what was kept, then go on streaming
+                if counts is not None:
+                    for part in parts:
+                        counts.add(part.key)
+                parts = []
+            elif counts is not None:
+                counts.add(entries.key)
+        return _join_entries(parts, self.layout.l2_entries) if keep else None
+
+    # -------------------------------------------------------------- sums and deltas
+
+    def _add_sums(self, window: _Window, kept: _L2Entries | None) -> None:
+        """Add the window's tables to every slice's totals and every pair's delta."""
+        sums = self.sums
+        for entries, starts, items in self.l1.groups(self.plan.data):
+            ids, _ = window.lookup(entries)
+            np.add.at(sums.data_bytes, items, _segment_sums(window.host[ids], starts))
+            np.add.at(sums.guest_bytes, items, _segment_sums(window.guest[ids], starts))
+        for entries, starts, items in self.l1.groups(self.plan.vmstate):
+            ids, _ = window.lookup(entries)
+            np.add.at(sums.vmstate_bytes, items, _segment_sums(window.host[ids], starts))
+        for mine, theirs, starts, items in self._pair_groups():
+            np.add.at(sums.pair_delta, items, self._pair_deltas(window, mine, theirs, starts, kept))
+
+    def _pair_groups(self) -> Iterator[tuple[_U64, _U64, _I64, _I64]]:
+        """Like :meth:`_L1Tables.groups` over the pairs: each child's entries, and its
+        parent's beside them (0 past the parent's slice)."""
+        mine_parts: list[_U64] = []
+        theirs_parts: list[_U64] = []
+        items: list[int] = []
+        held = 0
+        for index, (child, parent) in enumerate(self.plan.pairs):
+            own, other = self.plan.data[child], self.plan.data[parent]
+            # Slices of one table agree wherever both reach.
+            start = min(own.stop, other.stop) if own.offset == other.offset else 0
+            for first, mine in self.l1.chunks(own.offset, start, own.stop):
+                theirs = np.zeros(len(mine), np.uint64)
+                reach = min(first + len(mine), other.stop)
+                if first < reach:
+                    theirs[: reach - first] = self.l1.entries(other.offset, first, reach)
+                mine_parts.append(mine)
+                theirs_parts.append(theirs)
+                items.append(index)
+                held += len(mine)
+                if held >= _L1_CHUNK:
+                    entries, starts, which = _group(mine_parts, items)
+                    yield entries, _group(theirs_parts, items)[0], starts, which
+                    mine_parts, theirs_parts, items, held = [], [], [], 0
+        if items:
+            entries, starts, which = _group(mine_parts, items)
+            yield entries, _group(theirs_parts, items)[0], starts, which
+
+    def _pair_deltas(
+        self,
+        window: _Window,
+        mine: _U64,
+        theirs: _U64,
+        starts: _I64,
+        kept: _L2Entries | None,
+    ) -> _I64:
+        """Per run: host bytes of data the child maps differently from the parent.
+
+        Where both L1 entries name the same L2 table nothing below it changed; where the
+        parent has no table at all, everything below the child's is new; otherwise the two
+        tables are compared entry by entry (each distinct pair of tables once). Only the
+        child's tables in this window count.
+        """
+        ids, inside = window.lookup(mine)
+        differs = (mine != theirs) & inside
+        changed = np.where(differs & (theirs == 0), window.host[ids], 0)
+        both = np.flatnonzero(differs & (theirs != 0))
+        if len(both):
+            changed[both] = self._table_deltas(window, mine[both], theirs[both], kept)
+        return _segment_sums(changed, starts)
+
+    def _table_deltas(
+        self, window: _Window, mine: _U64, theirs: _U64, kept: _L2Entries | None
+    ) -> _I64:
+        """For each ``i``, the host bytes of L2 table ``mine[i]`` that ``theirs[i]`` lacks."""
+        order = np.lexsort((theirs, mine))
+        mine, theirs = mine[order], theirs[order]
+        new = np.ones(len(mine), dtype=bool)
+        new[1:] = (mine[1:] != mine[:-1]) | (theirs[1:] != theirs[:-1])
+        which = np.empty(len(mine), dtype=np.int64)
+        which[order] = np.cumsum(new) - 1  # each input's pair among the distinct ones
+        starts = np.flatnonzero(new)
+        mine, theirs = mine[starts], theirs[starts]
+        if kept is not None:
+            mine_ids = np.searchsorted(window.tables, mine)
+            theirs_ids = np.searchsorted(window.tables, theirs)
+            sizes = kept.count[mine_ids] + kept.count[theirs_ids]
+            # Split where the gathered entries would outgrow _PAIR_ENTRIES.
+            steps = np.cumsum(sizes) // _PAIR_ENTRIES
+            cuts = np.flatnonzero(np.diff(steps)) + 1
+            bounds = [0, *cuts.tolist(), len(mine)]
+        else:
+            step = max(1, self.batch_tables // 2)
+            bounds = [*range(0, len(mine), step), len(mine)]
+        changed = np.zeros(len(mine), dtype=np.int64)
+        for low, high in itertools.pairwise(bounds):
+            if kept is not None:
+                entries, a, b = kept, mine_ids[low:high], theirs_ids[low:high]
+            else:
+                needed = np.unique(np.concatenate([mine[low:high], theirs[low:high]]))
+                entries, _ = self._read(needed)
+                a = np.searchsorted(needed, mine[low:high])
+                b = np.searchsorted(needed, theirs[low:high])
+            changed[low:high] = _changed_bytes(entries, a, b)
+        result: _I64 = changed[which]
+        return result
+
+    # -------------------------------------------------------------- exclusive bytes
+
+    def _more_counts(self, counts: _KeyCounts) -> list[_KeyCounts]:
+        """The counting passes still needed after the first one."""
+        bits = self.layout.cluster_bits
+        ranges = [
+            (low, min(low + _DENSE_CLUSTERS, self.dense_limit))
+            for low in range(_DENSE_CLUSTERS, self.dense_limit, _DENSE_CLUSTERS)
+        ]
+        classes = 0
+        if counts.overflow:
+            classes = -(-counts.sparse_total // _SPARSE_KEYS)
+            counts.sparse = None
+        parts = []
+        for number in range(max(len(ranges), classes)):
+            dense = ranges[number] if number < len(ranges) else None
+            sparse = (number, classes) if number < classes else None
+            parts.append(_KeyCounts(bits, self.dense_limit, dense, sparse))
+        return parts
+
+    def _count(self, window: _Window, counts: _KeyCounts) -> None:
+        for _, entries, _ in self._batches(window.tables):
+            counts.add(entries.key)
+
+    def _add_exclusive(self, window: _Window, counts: _KeyCounts) -> None:
+        """Add the bytes of keys in ``counts`` that one table of one layer alone holds."""
+        alone = np.flatnonzero(window.weight == 1)
+        for first, entries, _ in self._batches(window.tables[alone]):
+            held = np.where(counts.once(entries.key), entries.host_bytes, 0)
+            owners = window.owner[alone[first : first + len(entries.count)]]
+            np.add.at(self.sums.exclusive_bytes, owners, _segment_sums(held, entries.start))
+
+    def _add_exclusive_kept(self, window: _Window, kept: _L2Entries) -> None:
+        table = np.repeat(np.arange(len(kept.count)), kept.count)
+        alone = (window.weight[table] == 1) & (
+            _entries_per_key(kept.key, self.layout.cluster_bits, self.layout.file_size) == 1
+        )
+        per_table = _segment_sums(np.where(alone, kept.host_bytes, 0), kept.start)
+        tables = np.flatnonzero(window.weight == 1)
+        np.add.at(self.sums.exclusive_bytes, window.owner[tables], per_table[tables])
+
+
+def _bucket_counts(values: _U64, shift: int, buckets: int, counts: _I64 | None) -> _I64:
+    """Add how many ``values`` fall in each range of ``1 << shift`` to ``counts``."""
+    index = np.minimum(values >> np.uint64(shift), np.uint64(buckets - 1)).astype(np.int64)
+    added = np.bincount(index, minlength=buckets)
+    return added if counts is None else counts + added
+
+
+def _changed_bytes(entries: _L2Entries, mine: _I64, theirs: _I64) -> _I64:
+    """Per pair of tables: host bytes of ``mine``'s entries that ``theirs`` does not have."""
+    pairs = np.arange(len(mine), dtype=np.int64)
+    guest, key, size = entries.gather(pairs, mine)
+    other_guest, other_key, _ = entries.gather(pairs, theirs)
+    changed = np.ones(len(guest), dtype=bool)
+    if len(other_guest):
+        pos = np.minimum(np.searchsorted(other_guest, guest), len(other_guest) - 1)
+        changed = (other_guest[pos] != guest) | (other_key[pos] != key)
+    pair = guest[changed] // entries.entries_per_table
+    # Float sums are exact here: a pair's bytes stay below 2^40.
+    per_pair = np.bincount(pair, weights=size[changed], minlength=len(mine))
+    return per_pair.astype(np.int64)
+
+
+def _join_entries(parts: list[_L2Entries], entries_per_table: int) -> _L2Entries:
+    """One CSR of consecutive batches' entries."""
+    if len(parts) == 1:
+        return parts[0]
+    count = _concat([p.count for p in parts], np.int64)
+    start = np.zeros(len(count) + 1, dtype=np.int64)
+    np.cumsum(count, out=start[1:])
+    return _L2Entries(
+        entries_per_table=entries_per_table,
+        start=start,
+        count=count,
+        slot=_concat([p.slot for p in parts], np.int64),
+        key=_concat([p.key for p in parts], np.uint64),
+        host_bytes=_concat([p.host_bytes for p in parts], np.int64),
+        table_host_bytes=_concat([p.table_host_bytes for p in parts], np.int64),
+        table_guest_bytes=_concat([p.table_guest_bytes for p in parts], np.int64),
+    )
 
 
 def _resolve_parents(
@@ -889,109 +1585,56 @@ def _analyse(
     layout = read_layout(source)
     notes = list(layout.notes)
     parent_of, now_parent = _resolve_parents(layout, parents, current, notes)
-
-    l1_offsets = _read_l1_tables(source, layout)
-    all_offsets = np.concatenate(l1_offsets) if l1_offsets else np.zeros(0, np.uint64)
-    used = all_offsets[all_offsets != 0]
-    distinct_offsets: _U64 = np.unique(used)
-    cluster_size = layout.cluster_size
-    if np.any(distinct_offsets & np.uint64(cluster_size - 1)):
-        raise Qcow2Error("The image is corrupt: an L2 table offset is not cluster-aligned.")
-    if len(distinct_offsets) and int(distinct_offsets[-1]) + cluster_size > layout.file_size:
-        raise Qcow2Error(
-            f"The image is truncated: the L2 table at offset {int(distinct_offsets[-1])} "
-            "lies beyond the end of the file."
-        )
-    if len(distinct_offsets) * cluster_size > MAX_TABLE_BYTES:
-        raise Qcow2Error(
-            f"The image's L2 tables take {len(distinct_offsets) * cluster_size >> 20} MiB, "
-            "more than this version analyses at once."
-        )
-
-    layers: list[_Layer] = []
-    disk_sizes = [layout.virtual_size] + [s.disk_size for s in layout.snapshots]
-    for offsets, disk_size in zip(l1_offsets, disk_sizes, strict=True):
-        tables = np.searchsorted(distinct_offsets, offsets).astype(np.int64)
-        tables[offsets == 0] = -1
-        vm_index = min(layout.l1_vm_state_index(disk_size), len(tables))
-        layers.append(_Layer(tables=tables, vm_state_index=vm_index))
-
-    raw_tables = source.read_many([(int(o), cluster_size) for o in distinct_offsets.tolist()])
-    l2, stray = _decode_l2_tables(layout, raw_tables, distinct_offsets)
-    if stray:
+    plan = _plan_layers(layout, parent_of, now_parent)
+    sums = _Measure(source, layout, plan).run()
+    if sums.stray:
         notes.append(
-            f"{stray} data clusters point past the end of the file (an image still being "
+            f"{sums.stray} data clusters point past the end of the file (an image still being "
             "written, or damage); the sizes are approximate."
         )
-    n_tables = len(distinct_offsets)
 
-    # How many layers reference each L2 table's disk data. A data cluster is exclusive to
-    # a layer when a single entry of a single table holds it and only that layer's L1
-    # table names that table.
-    data_refs = [layer.data[layer.data >= 0] for layer in layers]
-    table_weight = np.bincount(np.concatenate(data_refs), minlength=n_tables)
-    entry_table = np.repeat(np.arange(n_tables, dtype=np.int64), l2.count)
-    exclusive = (table_weight[entry_table] == 1) & (
-        _entries_per_key(l2.key, layout.cluster_bits, layout.file_size) == 1
-    )
-    table_exclusive_bytes = _segment_sums(np.where(exclusive, l2.host_bytes, 0), l2.start)
-
-    def totals(layer: _Layer, refs: _I64) -> Qcow2LayerUsage:
-        vm = layer.vmstate[layer.vmstate >= 0]
+    def totals(layer: int) -> Qcow2LayerUsage:
+        data, vmstate = plan.layer_data[layer], plan.layer_vmstate[layer]
         return Qcow2LayerUsage(
-            data_bytes=int(l2.table_host_bytes[refs].sum()),
-            guest_data_bytes=int(l2.table_guest_bytes[refs].sum()),
-            vmstate_bytes=int(l2.table_host_bytes[vm].sum()),
+            data_bytes=0 if data is None else int(sums.data_bytes[data]),
+            guest_data_bytes=0 if data is None else int(sums.guest_bytes[data]),
+            vmstate_bytes=0 if vmstate is None else int(sums.vmstate_bytes[vmstate]),
         )
 
-    def delta(child: _Layer, parent: _Layer | None) -> int:
-        own = child.data
-        if parent is None:
-            return int(l2.table_host_bytes[own[own >= 0]].sum())
-        other = np.full(len(own), -1, dtype=np.int64)
-        shared = min(len(own), len(parent.data))
-        other[:shared] = parent.data[:shared]
-        # Where both L1 entries name the same L2 table nothing below it changed; where the
-        # parent has no table at all, everything below the child's is new.
-        differs = (own != other) & (own >= 0)
-        fresh = differs & (other < 0)
-        total = int(l2.table_host_bytes[own[fresh]].sum())
-        both = np.flatnonzero(differs & ~fresh)
-        guest, key, size = l2.gather(both, own[both])
-        p_guest, p_key, _ = l2.gather(both, other[both])
-        if len(p_guest) == 0:
-            return total + int(size.sum())
-        pos = np.minimum(np.searchsorted(p_guest, guest), len(p_guest) - 1)
-        same = (p_guest[pos] == guest) & (p_key[pos] == key)
-        return total + int(size[~same].sum())
+    def delta(layer: int) -> int:
+        pair = plan.layer_pair[layer]
+        if pair is None:
+            return 0
+        kind, index = pair
+        return int(sums.data_bytes[index] if kind == 1 else sums.pair_delta[index])
 
-    active, snapshot_layers = layers[0], layers[1:]
+    def exclusive(layer: int) -> int:
+        data = plan.layer_data[layer]
+        return 0 if data is None else int(sums.exclusive_bytes[data])
+
     snapshot_usage: list[Qcow2SnapshotUsage] = []
-    for i, (snap, layer) in enumerate(zip(layout.snapshots, snapshot_layers, strict=True)):
+    for i, snap in enumerate(layout.snapshots):
         parent_index = parent_of[i]
-        refs = data_refs[i + 1]
-        parent_layer = None if parent_index is None else snapshot_layers[parent_index]
-        layer_totals = totals(layer, refs)
+        layer_totals = totals(i + 1)
         snapshot_usage.append(
             Qcow2SnapshotUsage(
                 id=snap.id,
                 name=snap.name,
                 parent=None if parent_index is None else layout.snapshots[parent_index].name,
-                delta_bytes=delta(layer, parent_layer),
-                exclusive_bytes=int(table_exclusive_bytes[refs].sum()),
+                delta_bytes=delta(i + 1),
+                exclusive_bytes=exclusive(i + 1),
                 vmstate_bytes=layer_totals.vmstate_bytes,
                 vm_state_size=snap.vm_state_size,
                 layer=layer_totals,
             )
         )
-    now_layer = None if now_parent is None else snapshot_layers[now_parent]
     return Qcow2Usage(
         layout=layout,
         snapshots=tuple(snapshot_usage),
-        now=totals(active, data_refs[0]),
+        now=totals(0),
         now_parent=None if now_parent is None else layout.snapshots[now_parent].name,
-        now_delta_bytes=delta(active, now_layer),
-        now_exclusive_bytes=int(table_exclusive_bytes[data_refs[0]].sum()),
-        approximate=layout.approximate or stray > 0,
+        now_delta_bytes=delta(0),
+        now_exclusive_bytes=exclusive(0),
+        approximate=layout.approximate or sums.stray > 0,
         notes=tuple(notes),
     )

@@ -8,9 +8,11 @@ layer (a copy reverted to the snapshot), which reads the same maps with QEMU's o
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import struct
 import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
@@ -31,12 +33,19 @@ from tests.unit.core.qcow2_images import (
     header_field,
     info,
     io,
+    layer_clusters,
     layer_data_bytes,
+    many_l1_image,
     mapped_data_bytes,
+    preallocated_image,
     run,
     savevm,
+    shared_l1_image,
+    sizes_from_maps,
     snapshot,
+    write_image,
 )
+from vmsnapgui.core import qcow2
 from vmsnapgui.core.byte_source import (
     BytesByteSource,
     ByteSource,
@@ -577,6 +586,344 @@ def test_data_clusters_past_the_end_make_the_sizes_approximate(small_image: byte
     usage = analyse(BytesByteSource(bytes(data)))
     assert usage.approximate
     assert any("past the end" in note for note in usage.notes)
+
+
+# ------------------------------------------------------------------ bounded memory
+
+REPO = Path(__file__).resolve().parents[3]
+GIB = 1024 * MIB
+TIB = 1024 * GIB
+# The most entries QEMU gives an L1 table, and so the reader.
+MAX_L1_ENTRIES = 32 * MIB // 8
+# The analysing child may map this much; Python and numpy take about 100 MB of it. The
+# reader before issue 11 needed 6.3 GiB in one piece for the shared L1 table, and 4.3 GB
+# resident for the 2 TiB image: it failed here with a MemoryError.
+ADDRESS_SPACE_LIMIT = 1024 * MIB
+PEAK_LIMIT = 300 * 1000 * 1000
+
+_BOUNDED_CHILD = r"""
+import pickle, resource, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from vmsnapgui.core.byte_source import FileByteSource
+from vmsnapgui.core.qcow2 import Qcow2Error, analyse
+try:
+    with FileByteSource(sys.argv[1]) as source:
+        outcome = analyse(source)
+except Qcow2Error as exc:
+    outcome = exc.message
+except MemoryError:
+    outcome = "MemoryError"
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+sys.stdout.buffer.write(pickle.dumps((outcome, peak)))
+"""
+
+
+def analyse_in_a_bounded_child(path: Path) -> tuple[Qcow2Usage | str, int]:
+    """Analyse in a child with ``ADDRESS_SPACE_LIMIT``: the usage (or the error's message,
+    or "MemoryError"), and the child's peak resident memory in bytes."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BOUNDED_CHILD, str(path), str(ADDRESS_SPACE_LIMIT)],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+        # OpenBLAS (loaded with numpy) reserves address space per thread, so per core.
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    outcome: Qcow2Usage | str
+    outcome, peak = pickle.loads(done.stdout)
+    return outcome, peak
+
+
+def figures(usage: Qcow2Usage) -> tuple[object, ...]:
+    """Every size and note of an analysis, to compare two analyses whole."""
+    return (
+        [
+            (s.name, s.parent, s.delta_bytes, s.exclusive_bytes, s.vmstate_bytes, s.layer)
+            for s in usage.snapshots
+        ],
+        (usage.now, usage.now_parent, usage.now_delta_bytes, usage.now_exclusive_bytes),
+        (usage.approximate, usage.notes),
+    )
+
+
+def test_two_hundred_snapshots_sharing_one_maximal_l1_table_are_measured_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    # Sharing an L1 table is unusual but not corrupt: each layer maps all of it.
+    image = shared_l1_image(tmp_path / "shared.qcow2", snapshots=200, l1_entries=MAX_L1_ENTRIES)
+    usage, peak = analyse_in_a_bounded_child(image)
+    assert isinstance(usage, Qcow2Usage), usage
+    # Each L1 entry names the one L2 table, which maps 8192 clusters of 64 KiB: 2 PiB.
+    everything = MAX_L1_ENTRIES * 8192 * CLUSTER
+    assert everything == 2048 * TIB
+    assert [s.delta_bytes for s in usage.snapshots] == [everything] + [0] * 199
+    assert {(s.layer.data_bytes, s.layer.guest_data_bytes) for s in usage.snapshots} == {
+        (everything, everything)
+    }
+    assert {s.exclusive_bytes for s in usage.snapshots} == {0}
+    assert (usage.now.data_bytes, usage.now_delta_bytes, usage.now_exclusive_bytes) == (
+        everything,
+        0,
+        0,
+    )
+    assert not usage.approximate
+    assert peak < PEAK_LIMIT, f"peaked at {peak >> 20} MiB"
+
+
+def test_a_2_tib_image_with_preallocated_metadata_is_measured_exactly_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    # 32 Mi mapped clusters in 4096 L2 tables (256 MiB of them), shared by three snapshots;
+    # Now rewrote its first two clusters since.
+    image = preallocated_image(tmp_path / "2t.qcow2", 2 * TIB, ["a", "b", "c"], rewritten=2)
+    usage, peak = analyse_in_a_bounded_child(image)
+    assert isinstance(usage, Qcow2Usage), usage
+    assert [(s.name, s.parent, s.delta_bytes, s.exclusive_bytes) for s in usage.snapshots] == [
+        ("a", None, 2 * TIB, 0),
+        ("b", "a", 0, 0),
+        ("c", "b", 0, 0),
+    ]
+    assert {s.layer.data_bytes for s in usage.snapshots} == {2 * TIB}
+    # The two clusters Now rewrote are its own; the two it replaced stay the snapshots'.
+    assert (usage.now.data_bytes, usage.now_delta_bytes, usage.now_exclusive_bytes) == (
+        2 * TIB,
+        2 * CLUSTER,
+        2 * CLUSTER,
+    )
+    assert not usage.approximate and usage.notes == ()
+    assert peak < PEAK_LIMIT, f"peaked at {peak >> 20} MiB"
+
+
+def test_ten_snapshots_of_maximal_l1_tables_are_measured_exactly_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    # A 128 GiB disk with 512-byte clusters has a 32 MiB L1 table: with ten snapshots,
+    # 352 MiB of L1 tables, read a part at a time. (The reader before issue 11 held each
+    # layer's table several times over and failed here with a MemoryError.)
+    image = many_l1_image(tmp_path / "many.qcow2", snapshots=10)
+    usage, peak = analyse_in_a_bounded_child(image)
+    assert isinstance(usage, Qcow2Usage), usage
+    sector = 512
+    assert [(s.delta_bytes, s.exclusive_bytes, s.layer.data_bytes) for s in usage.snapshots] == [
+        (2 * sector, sector, 2 * sector)
+    ] + [(sector, sector, 2 * sector)] * 9
+    assert (usage.now.data_bytes, usage.now_delta_bytes, usage.now_exclusive_bytes) == (
+        sector,
+        0,
+        0,
+    )
+    assert not usage.approximate and usage.notes == ()
+    assert peak < PEAK_LIMIT, f"peaked at {peak >> 20} MiB"
+
+
+def test_the_hand_built_preallocated_image_measures_as_qemu_img_s_own_does(
+    tmp_path: Path,
+) -> None:
+    # The 2 TiB image above is written by hand (qemu-img takes a minute); at 8 GiB both
+    # can be made, and must read alike.
+    real = create(tmp_path / "real.qcow2", "8G", preallocation="metadata")
+    for name in ("a", "b", "c"):
+        snapshot(real, name)
+    io(real, "write -P 0xab 0 128k")
+    mine = preallocated_image(tmp_path / "mine.qcow2", 8 * GIB, ["a", "b", "c"], rewritten=2)
+    assert figures(analyse_file(mine)) == figures(analyse_file(real))
+    assert [s["name"] for s in info(mine)["snapshots"]] == ["a", "b", "c"]
+
+
+def test_snapshots_with_overlapping_maximal_l1_tables_are_refused_in_one_sentence(
+    tmp_path: Path,
+) -> None:
+    # Two hundred L1 tables of 32 MiB, each one cluster after the last: they overlap,
+    # which no image QEMU writes does, and reading them would read the file 200 times.
+    base, tables = 4 * CLUSTER, 200
+    entries = [(f"s{i}", base + i * CLUSTER, MAX_L1_ENTRIES, 1 * GIB) for i in range(tables)]
+    image = write_image(
+        tmp_path / "overlapping.qcow2",
+        cluster_bits=16,
+        virtual_size=1 * GIB,
+        l1=(base, 2),
+        snapshots=entries,
+        snapshots_offset=2 * CLUSTER,
+        pieces={base: struct.pack(">Q", 0) * (tables * CLUSTER // 8)},
+        size=base + tables * CLUSTER + 32 * MIB,
+    )
+    outcome, peak = analyse_in_a_bounded_child(image)
+    assert outcome == "The image is corrupt: its L1 tables add up to more than the file holds."
+    assert peak < PEAK_LIMIT
+
+
+def test_a_maximal_l1_table_naming_an_l2_table_past_the_end_is_refused(tmp_path: Path) -> None:
+    image = shared_l1_image(tmp_path / "shared.qcow2", snapshots=3, l1_entries=MAX_L1_ENTRIES)
+    l1_offset = header_field(image, 40, ">Q")
+    past_end = image.stat().st_size // CLUSTER * CLUSTER + CLUSTER
+    last_entry = l1_offset + 8 * (MAX_L1_ENTRIES - 1)
+    with image.open("r+b") as f:
+        f.seek(last_entry)
+        f.write(struct.pack(">Q", past_end))
+    outcome, _ = analyse_in_a_bounded_child(image)
+    assert outcome == (
+        f"The image is truncated: the L2 table at offset {past_end} lies beyond the end of "
+        "the file."
+    )
+
+
+# Budgets so small that every image takes the paths a huge one takes: L1 tables read a
+# few entries at a time, L2 tables one at a time in several windows, nothing kept, keys
+# counted in several passes ("streaming"; None: set per image, to make three windows and
+# three passes, as more make the test slow, not more thorough); entries kept but decoded
+# in many batches ("kept"); kept at first, then too many ("outgrown"); and a window per
+# table, planned from L1 entries looked at one by one ("one-table-windows").
+BUDGETS: dict[str, dict[str, int | None]] = {
+    "streaming": {
+        "_L1_CACHE_BYTES": 0,
+        "_L1_CHUNK": 64,
+        "_L2_READ_BYTES": 1,
+        "_L2_BATCH_BYTES": 1,
+        "_KEEP_ENTRIES": 0,
+        "_WINDOW_TABLES": None,
+        "_DENSE_CLUSTERS": None,
+        "_SPARSE_KEYS": 8,
+        "_PAIR_ENTRIES": 5,
+    },
+    "kept": {"_L2_READ_BYTES": 1, "_L2_BATCH_BYTES": 1, "_L1_CHUNK": 64, "_PAIR_ENTRIES": 5},
+    "outgrown": {"_L2_READ_BYTES": 1, "_L2_BATCH_BYTES": 1, "_KEEP_ENTRIES": 100},
+    "one-table-windows": {"_L1_CHUNK": 2, "_WINDOW_TABLES": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def small_branched_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """4 KiB clusters (an L2 table maps 2 MiB), branches, compressed data, a zero write."""
+    image = create(tmp_path_factory.mktemp("budgets") / "b.qcow2", "1G", cluster_size="4k")
+    io(image, "write -P 0x11 0 4M", "write -c -P 0x12 40M 64k")
+    snapshot(image, "s1")
+    io(image, "write -P 0x22 0 1M", "write -P 0x22 8M 1M", "write -z 40M 4k")
+    snapshot(image, "s2")
+    apply(image, "s1")
+    io(image, "write -P 0x33 16M 2M", "write -c -P 0x34 600M 64k")
+    snapshot(image, "s3")
+    io(image, "write -P 0x44 32M 64k")
+    return image.read_bytes()
+
+
+def l2_table_offsets(image: bytes) -> set[int]:
+    """Where the distinct L2 tables of every layer are, read with plain struct."""
+    layout = read_layout(BytesByteSource(image))
+    l1s = [(layout.l1_table_offset, layout.l1_size)] + [
+        (s.l1_table_offset, s.l1_size) for s in layout.snapshots
+    ]
+    return {
+        struct.unpack_from(">Q", image, offset + 8 * i)[0] & 0x00FF_FFFF_FFFF_FE00
+        for offset, size in l1s
+        for i in range(size)
+    } - {0}
+
+
+@pytest.mark.parametrize("budgets", BUDGETS.values(), ids=BUDGETS.keys())
+@pytest.mark.parametrize(
+    ("fixture", "parents", "current"),
+    [
+        ("small_image", None, None),
+        ("small_image", {"first": None, "second": "first", "third": "first"}, "second"),
+        ("small_subcluster_image", None, None),
+        ("small_branched_image", {"s1": None, "s2": "s1", "s3": "s1"}, "s3"),
+        ("small_branched_image", None, None),
+    ],
+)
+def test_smaller_budgets_cost_more_passes_but_give_the_same_sizes(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    budgets: dict[str, int | None],
+    fixture: str,
+    parents: Mapping[str, str | None] | None,
+    current: str | None,
+) -> None:
+    image: bytes = request.getfixturevalue(fixture)
+    expected = figures(analyse(BytesByteSource(image), parents, current))
+    per_image = {
+        "_WINDOW_TABLES": -(-len(l2_table_offsets(image)) // 3),
+        "_DENSE_CLUSTERS": -(-len(image) // read_layout(BytesByteSource(image)).cluster_size // 3),
+    }
+    for name, value in budgets.items():
+        monkeypatch.setattr(qcow2, name, per_image[name] if value is None else value)
+    assert figures(analyse(BytesByteSource(image), parents, current)) == expected
+
+
+def random_history(path: Path, rng: random.Random) -> tuple[Path, int, list[str]]:
+    """An image with a random life: writes, zero writes, discards, snapshots, reverts and
+    deletions, on a random cluster size (extended L2 entries or not). No compression and
+    no vmstate, which ``qemu-img map`` cannot place. Returns the image, its cluster size
+    and the names of its snapshots."""
+    cluster = rng.choice([512, 4 * KIB, 64 * KIB, 64 * KIB, 2 * MIB])
+    extended = cluster >= 16 * KIB and rng.random() < 0.4
+    size = rng.choice([8, 64, 256]) * MIB
+    create(path, size, cluster_size=cluster, extended_l2="on" if extended else "off")
+    unit = cluster // 32 if extended else cluster
+    names: list[str] = []
+    for step in range(rng.randint(2, 6)):
+        commands = []
+        for _ in range(rng.randint(1, 6)):
+            offset = rng.randrange(size // unit) * unit
+            length = min(size - offset, unit * rng.choice([1, 2, 7, 64, 300]))
+            kind = rng.choice(["write", "write", "write", "zero", "discard"])
+            if kind == "write":
+                commands.append(f"write -P {rng.randrange(1, 255)} {offset} {length}")
+            elif kind == "zero":
+                commands.append(f"write -z {offset} {length}")
+            else:
+                commands.append(f"discard {offset} {length}")
+        io(path, *commands)
+        names.append(f"s{step}")
+        snapshot(path, names[-1])
+        if rng.random() < 0.3:
+            apply(path, rng.choice(names))
+        if len(names) > 2 and rng.random() < 0.2:
+            gone = names.pop(rng.randrange(len(names) - 1))
+            run(["qemu-img", "snapshot", "-d", gone, str(path)])
+    io(path, f"write -P 7 {rng.randrange(size // unit) * unit} {unit}")
+    return path, cluster, names
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_histories_measure_as_qemu_img_map_of_every_layer_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # An independent count: QEMU's own map of each layer gives which host cluster holds
+    # each guest cluster, and from those maps alone follow every delta and exclusive size.
+    rng = random.Random(seed)
+    image, cluster, names = random_history(tmp_path / "history.qcow2", rng)
+    tree: dict[str, str | None] = {}
+    for number, name in enumerate(names):
+        tree[name] = rng.choice([None, *names[:number]])
+    current = rng.choice(names)
+    maps = {name: layer_clusters(image, name, tmp_path, cluster) for name in [None, *names]}
+    parent_of: dict[str | None, str | None] = {name: tree[name] for name in names}
+    parent_of[None] = current
+    expected = sizes_from_maps(maps, parent_of)
+
+    def measured() -> dict[str | None, tuple[int, int, int]]:
+        usage = analyse_file(image, tree, current)
+        assert usage.notes == () and not usage.approximate
+        sizes: dict[str | None, tuple[int, int, int]] = {
+            s.name: (s.layer.data_bytes, s.delta_bytes, s.exclusive_bytes) for s in usage.snapshots
+        }
+        sizes[None] = (usage.now.data_bytes, usage.now_delta_bytes, usage.now_exclusive_bytes)
+        return sizes
+
+    assert measured() == expected
+    # And the same when every budget is tiny, so that the paths a huge image takes are
+    # the ones measured.
+    data = image.read_bytes()
+    per_image = {
+        "_WINDOW_TABLES": -(-len(l2_table_offsets(data)) // 3),
+        "_DENSE_CLUSTERS": -(-len(data) // cluster // 3),
+    }
+    for name, value in BUDGETS["streaming"].items():
+        monkeypatch.setattr(qcow2, name, per_image[name] if value is None else value)
+    assert measured() == expected
 
 
 # ------------------------------------------------------------------ fuzzing
