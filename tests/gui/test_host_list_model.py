@@ -9,6 +9,7 @@ from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
 from tests.gui.conftest import assert_every_role_at_once_matches
+from vmsnapgui.core.linked_clones import BackingLink, HostLinks, LayerRole
 from vmsnapgui.core.snapshot import DomainState, DomainSummary
 from vmsnapgui.qt.host_list_model import REDRAW_DELAY_MS, HostColumn, HostListModel
 from vmsnapgui.virt.connection import ConnectionState, ConnectionStatus
@@ -32,6 +33,7 @@ class FakeHost:
         self.usages: dict[str, Any] = {}
         self.usage_errors: dict[str, Any] = {}
         self.tree_errors: dict[str, Any] = {}
+        self.links: HostLinks | None = None
 
 
 def names(model: HostListModel, host_row: int) -> list[str]:
@@ -85,9 +87,18 @@ def test_all_roles_at_once_answer_what_each_role_does(qtbot: QtBot) -> None:
     first, second = FakeHost("a", ["web", "db"]), FakeHost("b", ["x"])
     second.status = ConnectionStatus(second.uri, ConnectionState.LOST)
     first.domains["a-web"] = DomainSummary("web", "a-web", DomainState.RUNNING, snapshot_count=1)
+    # 'db' is a linked clone of 'web': a badge, a tooltip line, an accessible word.
+    link = BackingLink("db", "vda", "web", LayerRole.SNAPSHOT, "/i/web.qcow2", "vda", "base")
+    first.links = HostLinks((link,))
     for host in (first, second):
         model.add_host(host)  # type: ignore[arg-type]
         model.sync_domains(host)  # type: ignore[arg-type]
+    db = model.index(0, 0, model.index(0, 0))
+    assert db.data() == "db"
+    assert "Linked clone of web — stands on its snapshot 'base'" in db.data(
+        Qt.ItemDataRole.ToolTipRole
+    )
+    assert db.data(Qt.ItemDataRole.AccessibleTextRole).endswith(", a linked clone")
     roles = [
         Qt.ItemDataRole.DisplayRole,
         Qt.ItemDataRole.DecorationRole,

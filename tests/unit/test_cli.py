@@ -152,7 +152,11 @@ def test_list_json(capsys: pytest.CaptureFixture[str], lab_uri: str) -> None:
         "persistent": True,
         "snapshots": 6,
         "current": "before-upgrade",
+        "linked_clone_of": [],
+        "linked_clones": [],
     }
+    # The test driver's files are not on this computer: only its XML was read.
+    assert document["linked_clones_checked"] == {"from_images": False, "notes": []}
 
 
 def test_failures_print_one_line_and_exit_1(

@@ -15,6 +15,8 @@ from vmsnapgui.cli.common import (
     printable,
     text_width,
 )
+from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.linked_clones import HostLinks, link_json, short_marker
 from vmsnapgui.core.snapshot import DomainSummary, Snapshot
 from vmsnapgui.core.snapshot_tree import SnapshotTree
 
@@ -43,6 +45,7 @@ def run_tree(args: argparse.Namespace, session: Session) -> int:
 
 def _list(loader: Any, as_json: bool) -> int:
     domains: list[DomainSummary] = loader.list_domains()
+    links = _linked_clones(loader, domains)
     if as_json:
         payload = {
             "connection": loader.connection.display_uri,
@@ -54,16 +57,25 @@ def _list(loader: Any, as_json: bool) -> int:
                     "persistent": d.persistent,
                     "snapshots": d.snapshot_count,
                     "current": d.current_snapshot,
+                    "linked_clone_of": [link_json(link) for link in links.stands_on(d.name)],
+                    "linked_clones": [link_json(link) for link in links.clones_of(d.name)],
                 }
                 for d in domains
             ],
+            "linked_clones_checked": {
+                "from_images": links.from_images,
+                "notes": list(links.notes),
+            },
         }
         print_json(payload)
         return EXIT_OK
+    for note in links.notes:
+        print(f"vmsnap: note: {printable(note)}", file=sys.stderr)
     if not domains:
         print(f"No virtual machines on {loader.connection.display_uri}.")
         return EXIT_OK
-    rows = [
+    header: tuple[str, ...] = ("NAME", "STATE", "SNAPSHOTS", "CURRENT")
+    rows: list[tuple[str, ...]] = [
         (
             printable(d.name),
             d.state.value,
@@ -72,8 +84,40 @@ def _list(loader: Any, as_json: bool) -> int:
         )
         for d in domains
     ]
-    print_table(("NAME", "STATE", "SNAPSHOTS", "CURRENT"), rows)
+    if links.links:
+        # Only when there is something to say: the four columns stay as they were.
+        header += ("LINKED",)
+        rows = [
+            (*row, printable(_linked_cell(links, d.name)))
+            for row, d in zip(rows, domains, strict=True)
+        ]
+    print_table(header, rows)
     return EXIT_OK
+
+
+def _linked_clones(loader: Any, domains: list[DomainSummary]) -> HostLinks:
+    """The host's linked clones; an empty answer with a note when they cannot be read
+    (the listing itself still stands)."""
+    if not domains:
+        return HostLinks()
+    from vmsnapgui.virt.linked_clones import read_linked_clones
+
+    try:
+        return read_linked_clones(loader)
+    except UserError as exc:
+        return HostLinks(notes=(f"Linked clones could not be looked for: {exc.message}",))
+
+
+def _linked_cell(links: HostLinks, name: str) -> str:
+    parts = []
+    marker = short_marker(links.stands_on(name))
+    if marker:
+        parts.append(marker)
+    clones = links.clones_of(name)
+    if clones:
+        names = sorted({link.clone for link in clones}, key=str.casefold)
+        parts.append(f"{len(names)} linked clone{'s' if len(names) != 1 else ''}")
+    return "; ".join(parts) or "-"
 
 
 # -- tree ---------------------------------------------------------------------------

@@ -56,6 +56,11 @@ class DetailsContext:
     key: str  # a snapshot name, or NOW_KEY
     usage: SnapshotUsage | None
     usage_unavailable: str | None = None
+    vm_links: tuple[str, ...] = ()
+    """Lines about the VM's linked clones: what it stands on, what stands on it."""
+    links_tooltip: str = ""
+    snapshot_clones: tuple[str, ...] = ()
+    """Linked clones standing on what this snapshot froze (their VM names)."""
 
     @property
     def is_now(self) -> bool:
@@ -120,6 +125,13 @@ class DetailsPanel(QScrollArea):
         self.subtitle = QLabel()
         self.subtitle.setWordWrap(True)
         self.subtitle.setForegroundRole(self.subtitle.foregroundRole())
+        # The VM's place among linked clones, whatever row of its tree is selected.
+        self.links_label = QLabel()
+        self.links_label.setWordWrap(True)
+        self.links_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.links_label.setAccessibleName("Linked clones")
+        self.links_label.setStyleSheet("color: #b3661a;")
+        self.links_label.hide()
         self.placeholder = QLabel()
         self.placeholder.setWordWrap(True)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
@@ -189,6 +201,7 @@ class DetailsPanel(QScrollArea):
         for widget in (
             self.title,
             self.subtitle,
+            self.links_label,
             self.placeholder,
             self.properties_box,
             self.disks_box,
@@ -223,6 +236,7 @@ class DetailsPanel(QScrollArea):
             box.hide()
         self.title.hide()
         self.subtitle.hide()
+        self.links_label.hide()
 
     def show_details(self, context: DetailsContext) -> None:
         """Show one row; an unsaved description edit of the same snapshot is kept."""
@@ -234,6 +248,9 @@ class DetailsPanel(QScrollArea):
             and previous.usage is context.usage
             and previous.usage_unavailable == context.usage_unavailable
             and previous.host_label == context.host_label
+            and previous.vm_links == context.vm_links
+            and previous.links_tooltip == context.links_tooltip
+            and previous.snapshot_clones == context.snapshot_clones
         ):
             # Shown already (selecting a row and presenting its tree both ask): rebuilding
             # the properties makes new widgets, which is slow while trees load.
@@ -252,6 +269,7 @@ class DetailsPanel(QScrollArea):
             box.show()
         domain = context.loaded.domain
         self.subtitle.setText(f"{domain.name} on {context.host_label}")
+        self._show_links(context)
         if context.is_now:
             self._show_now(context)
         else:
@@ -337,6 +355,15 @@ class DetailsPanel(QScrollArea):
                 unavailable=unavailable,
             )
             rows.append(("Saved memory", vmstate.text or "not available", vmstate.tooltip))
+        if context.snapshot_clones:
+            rows.append(
+                (
+                    "Linked clones",
+                    ", ".join(context.snapshot_clones),
+                    "These VMs' disks stand on the image this snapshot froze: the snapshot "
+                    "must stay while they do.",
+                )
+            )
         for problem in tree.problems.get(snapshot.name, ()):
             rows.append(("Note", problem, None))
         self._set_properties(rows)
@@ -360,6 +387,13 @@ class DetailsPanel(QScrollArea):
             before = _embedded(tree[parent].xml)
             after = _embedded(snapshot.xml)
             self.changes.setText(_changes_text(before, after))
+
+    def _show_links(self, context: DetailsContext) -> None:
+        text = "\n".join(context.vm_links)
+        _set_text(self.links_label, text)
+        if self.links_label.toolTip() != context.links_tooltip:
+            self.links_label.setToolTip(context.links_tooltip)
+        self.links_label.setVisible(bool(text))
 
     def _show_now(self, context: DetailsContext) -> None:
         loaded = context.loaded

@@ -8,7 +8,8 @@ callbacks from the engine's threads are re-emitted as queued signals, so everyth
 slot sees happens on the GUI thread. Loading goes: connect, list the VMs, load every
 VM's tree (the selected one first), then measure every VM's sizes. The watcher's news
 reloads what changed: a VM's tree when its snapshots change, everything of the VM at
-once after a revert, the VM list when VMs come, go or change state.
+once after a revert, the VM list when VMs come, go or change state. Once no tree is
+loading, the host's linked clones are looked for (again after each change).
 
 A lost or slow host only delays its own jobs; nothing here ever waits on the GUI thread.
 """
@@ -27,6 +28,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.linked_clones import HostLinks
 from vmsnapgui.core.progress import CancelToken, Progress, ProgressCallback
 from vmsnapgui.core.snapshot import DomainSummary
 from vmsnapgui.qt import gc_pauses
@@ -52,6 +54,9 @@ IN_PROCESS_POLL_THREADS = 1
 # Python (libvirt calls, XML, the analysis's bookkeeping) then no longer competes for
 # the GIL with the repaint of the tree it follows.
 USAGE_AFTER_TREE_MS = 40
+# Linked clones are looked for this long after the last tree or listing arrived, once
+# no tree is loading: never ahead of the first paint of a tree, and once per burst.
+LINKS_AFTER_MS = 500
 # VMs with more snapshots than this load through a loader (and thread pool) of their
 # own, so fetching ten thousand snapshot XMLs never queues ahead of a small VM's refresh.
 BULK_SNAPSHOTS = 200
@@ -88,6 +93,7 @@ class HostConnection(QObject):
     tree_failed = Signal(str, object)  # uuid, UserError
     usage_loaded = Signal(str, object)  # uuid, DomainUsage
     usage_failed = Signal(str, object)  # uuid, UserError
+    links_changed = Signal()  # self.links (or self.links_error) is new
     settled_changed = Signal(bool)  # True when nothing is loading for this host
 
     # Bridges from the engine's threads; received queued on the GUI thread.
@@ -137,6 +143,8 @@ class HostConnection(QObject):
         self.usages: dict[str, DomainUsage] = {}
         self.usage_errors: dict[str, UserError] = {}
         self.open_error: UserError | None = None
+        self.links: HostLinks | None = None  # None until first looked for
+        self.links_error: UserError | None = None
         self.last_refresh: float | None = None
         self._pending: set[tuple[str, str]] = set()
         self._tree_jobs: dict[str, Job] = {}
@@ -145,12 +153,16 @@ class HostConnection(QObject):
         self._ever_connected = False
         self._was_lost = False
         self._settled = False
+        self._links_timer = QTimer(self)
+        self._links_timer.setSingleShot(True)
+        self._links_timer.setInterval(LINKS_AFTER_MS)
         self._connect_signals()
         self.connection.add_status_listener(self._on_engine_status)
 
     def _connect_signals(self) -> None:
         self._status_from_engine.connect(self._on_status)
         self._change_from_engine.connect(self._on_change)
+        self._links_timer.timeout.connect(self._on_links_timer)
 
     def _new_loader(self) -> SnapshotLoader:
         if self._in_process:
@@ -303,6 +315,53 @@ class HostConnection(QObject):
             priority=self._priority_of(uuid, 0),
             lane=self._load_lane,
         )
+
+    def look_for_links(self) -> None:
+        """Find the host's linked clones again, soon: once no tree is loading, in the
+        background, after what is loading now (it never delays a tree's first paint)."""
+        if self._alive:
+            self._links_timer.start()
+
+    @Slot()
+    def _on_links_timer(self) -> None:
+        if not self._alive or not self.connection.is_connected:
+            return
+        if any(kind in ("open", "domains", "tree") for kind, _ in self._pending):
+            self._links_timer.start()  # trees still load: look once they are all here
+            return
+        trees = {uuid: loaded.tree for uuid, loaded in self.trees.items()}
+        loader = self.loader
+
+        def find(progress: ProgressCallback, cancel: CancelToken) -> HostLinks:
+            from vmsnapgui.virt.linked_clones import read_linked_clones
+
+            return read_linked_clones(loader, trees=trees)
+
+        self._runner.submit(
+            find,
+            key=("links", self.entry),
+            description=f"Looking for linked clones on {self.label}",
+            on_done=self._on_links_found,
+            on_error=self._on_links_failed,
+            replace_pending=True,
+            priority=-1,
+            lane=self._load_lane,
+        )
+
+    def _on_links_found(self, links: HostLinks) -> None:
+        if not self._alive:
+            return
+        changed = links != self.links or self.links_error is not None
+        self.links = links
+        self.links_error = None
+        if changed:
+            self.links_changed.emit()
+
+    def _on_links_failed(self, error: UserError) -> None:
+        if not self._alive:
+            return
+        self.links_error = error
+        self.links_changed.emit()
 
     def fetch_domain_xml(
         self,
@@ -490,6 +549,7 @@ class HostConnection(QObject):
             self._pending.discard(("tree", uuid))
             self._pending.discard(("usage", uuid))
         self.domains_changed.emit(domains)
+        self.look_for_links()
         for summary in domains:
             loaded = self.trees.get(summary.uuid)
             if loaded is None:
@@ -530,6 +590,7 @@ class HostConnection(QObject):
         self.domains[uuid] = loaded.domain
         gc_pauses.loaded_data_arrived()
         self.tree_loaded.emit(loaded)
+        self.look_for_links()
         if previous is None or _shape(previous) != _shape(loaded) or uuid not in self.usages:
             self.measure_usage(uuid, after_ms=USAGE_AFTER_TREE_MS)
         self._update_settled()

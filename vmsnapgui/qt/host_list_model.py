@@ -32,6 +32,7 @@ from PySide6.QtCore import (
 )
 
 from vmsnapgui.core.disk_usage import DomainUsage
+from vmsnapgui.core.linked_clones import HostLinks, clones_text, stands_on_text
 from vmsnapgui.core.units import format_bytes
 from vmsnapgui.qt import icons
 from vmsnapgui.qt.display_text import (
@@ -137,6 +138,14 @@ def snapshot_space(usage: DomainUsage | None, error: str | None) -> SizeText:
     return SizeText(text, tooltip)
 
 
+def _link_lines(links: HostLinks | None, name: str) -> list[str]:
+    """What a VM's tooltip says about linked clones (nothing until they were looked for)."""
+    if links is None:
+        return []
+    found = [stands_on_text(links.stands_on(name)), clones_text(links.clones_of(name))]
+    return [line for line in found if line]
+
+
 class HostListModel(QAbstractItemModel):
     """Connections and their VMs for the left pane."""
 
@@ -190,6 +199,13 @@ class HostListModel(QAbstractItemModel):
         child = node.by_uuid.get(uuid) if node is not None else None
         if node is not None and child is not None:
             self._mark_dirty(node, child)
+
+    def links_changed(self, host: HostConnection) -> None:
+        """Redraw every VM row of a host (its linked clones were looked for), soon."""
+        node = self._host_node(host)
+        if node is not None:
+            node.dirty_rows.update(node.domains)
+            self._mark_dirty(node, None)
 
     def flush_changes(self) -> None:
         """Announce the rows changed so far now (one range per host)."""
@@ -424,13 +440,18 @@ class HostListModel(QAbstractItemModel):
             error = host.tree_errors.get(uuid)
             if error is not None:
                 lines.append(f"Could not load its snapshots: {error.message}")
+            lines.extend(_link_lines(host.links, summary.name))
             return "\n".join(lines)
         if role == Qt.ItemDataRole.DecorationRole and column == HostColumn.NAME:
-            return icons.row_icon(icons.domain_state_icon(summary.state))
+            linked = host.links is not None and bool(host.links.stands_on(summary.name))
+            return icons.row_icon(icons.domain_state_icon(summary.state, linked=linked))
         if role == Qt.ItemDataRole.TextAlignmentRole and column > 0:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.AccessibleTextRole and column == HostColumn.NAME:
-            return f"Virtual machine {summary.name}, {summary.state.value}"
+            text = f"Virtual machine {summary.name}, {summary.state.value}"
+            if host.links is not None and host.links.stands_on(summary.name):
+                text += ", a linked clone"
+            return text
         return None
 
     def _space(self, node: _HostNode, uuid: str) -> SizeText:

@@ -186,8 +186,11 @@ def now_icon() -> QIcon:
     return named_icon("now", QStyle.StandardPixmap.SP_ArrowRight)
 
 
-def domain_state_icon(state: DomainState) -> QIcon:
-    """A small screen: green play when running, yellow pause, grey when shut off."""
+def domain_state_icon(state: DomainState, *, linked: bool = False) -> QIcon:
+    """A small screen: green play when running, yellow pause, grey when shut off.
+
+    An orange chain badge marks a linked clone (its disks stand on another VM's files).
+    """
     if state is DomainState.RUNNING or state is DomainState.BLOCKED:
         name = "vm-running"
     elif state in (DomainState.PAUSED, DomainState.PMSUSPENDED, DomainState.SHUTDOWN):
@@ -196,6 +199,10 @@ def domain_state_icon(state: DomainState) -> QIcon:
         name = "vm-crashed"
     else:
         name = "vm-shutoff"
+    if linked:
+        return layered_icon(
+            ((name, FULL), ("badge-linked", BOTTOM_LEFT)), QStyle.StandardPixmap.SP_ComputerIcon
+        )
     return named_icon(name, QStyle.StandardPixmap.SP_ComputerIcon)
 
 

@@ -56,6 +56,7 @@ from PySide6.QtWidgets import (
 
 from vmsnapgui.core.disk_usage import DomainUsage
 from vmsnapgui.core.errors import UserError
+from vmsnapgui.core.linked_clones import link_details, vm_link_lines
 from vmsnapgui.qt import gc_pauses, icons
 from vmsnapgui.qt.app_settings import AppSettings
 from vmsnapgui.qt.centre_pages import HostPage, WelcomePage
@@ -524,6 +525,7 @@ class MainWindow(QMainWindow):
         host.tree_failed.connect(partial(self._on_tree_failed, host))
         host.usage_loaded.connect(partial(self._on_usage_loaded, host))
         host.usage_failed.connect(partial(self._on_usage_failed, host))
+        host.links_changed.connect(partial(self._on_host_links, host))
         host.settled_changed.connect(self._on_host_settled)
         self.host_model.add_host(host)
         self.host_view.setFirstColumnSpanned(
@@ -675,8 +677,28 @@ class MainWindow(QMainWindow):
             if self.tree_model.usage_state is UsageState.UNAVAILABLE
             else None
         )
+        vm_links: tuple[str, ...] = ()
+        links_tooltip = ""
+        snapshot_clones: tuple[str, ...] = ()
+        links = host.links
+        if links is not None:
+            name = loaded.domain.name
+            vm_links = vm_link_lines(links, name)
+            links_tooltip = link_details(links, name)
+            if key != NOW_KEY:
+                clones = links.clones_of_snapshot(name, key)
+                snapshot_clones = tuple(sorted({link.clone for link in clones}, key=str.casefold))
         self.details.show_details(
-            DetailsContext(host.label, loaded, key, self.tree_model.usage_of(key), unavailable)
+            DetailsContext(
+                host.label,
+                loaded,
+                key,
+                self.tree_model.usage_of(key),
+                unavailable,
+                vm_links=vm_links,
+                links_tooltip=links_tooltip,
+                snapshot_clones=snapshot_clones,
+            )
         )
 
     def _update_charts(self) -> None:
@@ -992,6 +1014,11 @@ class MainWindow(QMainWindow):
         if self.current == (host, uuid) and self.tree_model.domain is not None:
             self.tree_model.set_usage(None, error.message)
             self._update_charts()
+            self._details_soon()
+
+    def _on_host_links(self, host: HostConnection) -> None:
+        self.host_model.links_changed(host)
+        if self.current is not None and self.current[0] is host:
             self._details_soon()
 
     @Slot(bool)
