@@ -32,6 +32,7 @@ from tests.integration.faults.conftest import (
     assert_host_intact,
     fault_rng,
     fresh_conn,
+    ready,
     soak_record,
     soak_rounds,
 )
@@ -432,15 +433,6 @@ def test_a_snapshot_deleted_by_another_client_during_the_copy_never_gives_other_
 # --------------------------------------------------------------------------- soak
 
 
-def connected(loader: SnapshotLoader) -> None:
-    """Start a round connected, as a new ``vmsnap`` (or a window that reconnected) would:
-    the last round's fault may have struck after its clone had ended."""
-    try:
-        loader.connection.conn.listAllDomains(0)  # a call the daemon itself answers
-    except (libvirt.libvirtError, UserError):
-        loader.connection.reopen(30)
-
-
 def moment_after(delay: float) -> Callable[[], bool]:
     started = time.monotonic()
     return lambda: time.monotonic() - started >= delay
@@ -489,7 +481,7 @@ def test_soak_clones_with_random_faults_at_random_moments(
     rng = fault_rng(request.config)
     rounds = soak_rounds(request.config, default=2)
     for _round in range(rounds):
-        connected(fault_loader)
+        ready(fault_loader)
         kind = rng.choice(list(KINDS))
         snapshot_kind, linked = KINDS[kind]
         fault_kind = rng.choice(
