@@ -93,6 +93,7 @@ from vmsnapgui.virt.recovery import (
     host_after_failure,
     kept_files_sentence,
     remove_unused,
+    wait_for_host,
 )
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 
@@ -1039,17 +1040,7 @@ def _host_again(
     except VirtError:
         pass
     progress(Progress(f"Waiting for the host to answer again, {doing}", can_cancel=False))
-    try:
-        return loader.connection.reopen(RECONNECT_SECONDS)
-    except VirtError as away:
-        left = ""
-        if files:
-            left = " Nothing was removed; these files may belong to it: " + ", ".join(files) + "."
-        raise OutcomeUnknown(
-            f"The connection to the host was lost while {doing} and the host has not "
-            f"answered again, so whether it happened is unknown.{left}",
-            detail=f"{explain(exc).detail}\n{away.message}",
-        ) from None
+    return wait_for_host(loader.connection, doing, files, explain(exc).detail)
 
 
 def _check_host(conn: libvirt.virConnect, plan: ClonePlan) -> None:

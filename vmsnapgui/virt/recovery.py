@@ -67,6 +67,18 @@ def host_after_failure(
             can_cancel=False,
         )
     )
+    return wait_for_host(connection, doing, files, error.detail, timeout)
+
+
+def wait_for_host(
+    connection: Connection,
+    doing: str,
+    files: Sequence[str],
+    detail: str | None,
+    timeout: float = RECONNECT_SECONDS,
+) -> libvirt.virConnect:
+    """A live handle once the host answers again; :class:`OutcomeUnknown` naming
+    ``files`` (left in place) when it does not within ``timeout``."""
     try:
         return connection.reopen(timeout)
     except VirtError as still_away:
@@ -76,7 +88,7 @@ def host_after_failure(
         raise OutcomeUnknown(
             f"The connection to the host was lost while {doing} and the host has not "
             f"answered again, so whether it happened is unknown.{left}",
-            detail=f"{error.detail}\n{still_away.message}",
+            detail=f"{detail}\n{still_away.message}",
         ) from None
 
 

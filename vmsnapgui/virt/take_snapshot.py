@@ -853,18 +853,12 @@ class _Attempt:
 
     def _state_sentence(self, dom: libvirt.virDomain, removals: list[Removal]) -> str:
         """How the VM is now, when the failure changed it (left paused)."""
-        if any(not r.removed for r in removals):
-            # QEMU may be writing to a file libvirt does not know: leave it as it is.
-            try:
-                state = DomainState.from_code(dom.state(0)[0])
-            except libvirt.libvirtError:
-                return ""
-            if state is not self.state_before:
-                return f" The VM is {state.value} now (it was {self.state_before.value})."
-            return ""
-        resumed = self._resume_if_we_paused(dom)
-        if resumed:
-            return f" {resumed}"
+        # When a file stays, QEMU may be writing to one libvirt does not know: the VM is
+        # left as it is. Otherwise a pause the snapshot caused is undone.
+        if all(r.removed for r in removals):
+            resumed = self._resume_if_we_paused(dom)
+            if resumed:
+                return f" {resumed}"
         try:
             state = DomainState.from_code(dom.state(0)[0])
         except libvirt.libvirtError:

@@ -214,6 +214,22 @@ def fault_guest(
         shutil.rmtree(guest.directory, ignore_errors=True)
 
 
+def discard(guest: FaultGuest) -> None:
+    """Remove a soak round's guest at once: a long soak must not pile up running VMs
+    (a hundred idle TCG guests take both CPUs)."""
+    conn = fresh_conn(guest.daemon)
+    try:
+        dom = conn.lookupByName(guest.name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+    shutil.rmtree(guest.directory, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- invariants
 
 
@@ -322,6 +338,18 @@ def assert_restarts(guest: FaultGuest) -> None:
 
 
 # --------------------------------------------------------------------------- faults
+
+
+def kill_and_restart(daemon: PrivateDaemon, delay: float = 0.0) -> Callable[[], None]:
+    """The fault: kill -9 the daemon (after ``delay``), and start it again 0.3 s later."""
+
+    def fault() -> None:
+        if delay:
+            time.sleep(delay)
+        daemon.kill()
+        threading.Timer(0.3, daemon.restart).start()
+
+    return fault
 
 
 class FaultWatch:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from tests.integration.faults.conftest import (
     assert_host_intact,
     fault_rng,
     fresh_conn,
+    kill_and_restart,
     ready,
     soak_record,
     soak_rounds,
@@ -182,16 +182,6 @@ def backing_file_of(path: str) -> str | None:
     )
     backing = json.loads(info.stdout).get("backing-filename")
     return str(backing) if backing else None
-
-
-def kill_and_restart(daemon: PrivateDaemon, delay: float = 0.0) -> Callable[[], None]:
-    def fault() -> None:
-        if delay:
-            time.sleep(delay)
-        daemon.kill()
-        threading.Timer(0.3, daemon.restart).start()
-
-    return fault
 
 
 @dataclass
@@ -515,3 +505,10 @@ def test_soak_clones_with_random_faults_at_random_moments(
             and isinstance(outcome, CloneResult)
             and timing.fault_ended_after_the_clone(),
         )
+        # Stop the source (its clones may stand on its files, so it stays defined):
+        # a long soak must not pile up running guests.
+        conn = fresh_conn(private_daemon)
+        running = conn.lookupByName(source.name)
+        if running.isActive():
+            running.destroy()
+        conn.close()

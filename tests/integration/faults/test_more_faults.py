@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -54,9 +53,11 @@ from tests.integration.faults.conftest import (
     GuestMaker,
     assert_host_intact,
     assert_restarts,
+    discard,
     fault_rng,
     fresh_conn,
     held_by,
+    kill_and_restart,
     referenced_files,
     soak_record,
     soak_rounds,
@@ -68,7 +69,6 @@ from tests.integration.faults.test_revert_delete_faults import (
     external_chain,
     internal_guest,
 )
-from tests.integration.faults.test_take_faults import kill_and_restart
 from tests.integration.socket_forwarder import SocketForwarder
 from tests.integration.test_take_space import with_ram_loaded_from
 from vmsnapgui.core.errors import UserError
@@ -313,21 +313,6 @@ def take_outcome_matches_host(
     else:
         assert name not in names, f"the host took {name!r}, but the take said: {message}"
     check_vm_lives(guest, message, expected)
-
-
-def discard(guest: FaultGuest) -> None:
-    """Remove a soak round's guest at once, so a long soak does not pile up VMs."""
-    conn = fresh_conn(guest.daemon)
-    try:
-        dom = conn.lookupByName(guest.name)
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    except libvirt.libvirtError:
-        pass
-    finally:
-        conn.close()
-    shutil.rmtree(guest.directory, ignore_errors=True)
 
 
 @pytest.fixture

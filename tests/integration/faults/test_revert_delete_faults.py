@@ -20,6 +20,7 @@ from tests.integration.faults.conftest import (
     GuestMaker,
     assert_host_intact,
     assert_restarts,
+    discard,
     fault_rng,
     fresh_conn,
     ready,
@@ -158,6 +159,7 @@ def test_soak_reverts_with_the_daemon_killed_at_random_moments(
             fault_loader, guest, after(rng.uniform(0, 0.6)), kill_and_restart(private_daemon)
         )
         check_revert(guest, outcome, before, SnapshotMode.INTERNAL_MEMORY)
+        discard(guest)
 
 
 # --------------------------------------------------------------------------- delete
@@ -264,3 +266,4 @@ def test_soak_deletes_with_the_daemon_killed_at_random_moments(
             fault_loader, guest, name, after(rng.uniform(0, 0.15)), kill_and_restart(private_daemon)
         )
         check_delete(guest, name, outcome, before)
+        discard(guest)

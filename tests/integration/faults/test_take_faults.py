@@ -21,8 +21,10 @@ from tests.integration.faults.conftest import (
     GuestMaker,
     assert_host_intact,
     assert_restarts,
+    discard,
     fault_rng,
     held_by,
+    kill_and_restart,
     ready,
     soak_record,
     soak_rounds,
@@ -58,16 +60,6 @@ def take_with_fault(
         assert watch.error is None, watch.error
     soak_record(f"take {request.mode}", fault_name, watch.fired.is_set(), outcome)
     return outcome
-
-
-def kill_and_restart(daemon: PrivateDaemon, delay: float = 0.0) -> Callable[[], None]:
-    def fault() -> None:
-        if delay:
-            time.sleep(delay)
-        daemon.kill()
-        threading.Timer(0.3, daemon.restart).start()
-
-    return fault
 
 
 def check_outcome(
@@ -154,6 +146,7 @@ def test_soak_takes_with_the_daemon_killed_at_random_moments(
             kill_and_restart(private_daemon),
         )
         check_outcome(guest, name, outcome, before)
+        discard(guest)
 
 
 def test_two_takes_with_one_name_never_remove_each_others_files(
