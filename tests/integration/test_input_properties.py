@@ -98,7 +98,7 @@ def budget(ci_examples: int) -> settings:
 
 # -- what a refusal must look like --------------------------------------------------
 
-# Names are cut at 60 characters in messages, paths at 300: two paths and a sentence fit.
+# Names are cut at 60 characters in messages, paths at 160: two paths and a sentence fit.
 MAX_MESSAGE_CHARACTERS = 800
 
 

@@ -107,8 +107,10 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 SPACE_MARGIN = 64 * 1024 * 1024
 # Deeper than this, a backing chain loops or is hostile.
 _MAX_CHAIN = 256
-# Paths in messages are whole unless absurdly long (one line must stay readable).
-_PATH_TEXT_LIMIT = 300
+# Paths in messages are whole unless absurdly long: one line, and a terminal's width or
+# two, must hold the sentence around them (a 5,000-byte folder became a 414-character
+# message at 300).
+_PATH_TEXT_LIMIT = 160
 
 
 @dataclass(frozen=True, slots=True)
