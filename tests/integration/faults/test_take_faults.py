@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from tests.integration.faults.conftest import (
@@ -126,23 +127,34 @@ def test_soak_takes_with_the_daemon_killed_at_random_moments(
     fault_loader: SnapshotLoader,
     fault_guest: GuestMaker,
     private_daemon: PrivateDaemon,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = fault_rng(request.config)
     rounds = soak_rounds(request.config, default=2)
     modes = [SnapshotMode.EXTERNAL_DISK, SnapshotMode.EXTERNAL_MEMORY, SnapshotMode.INTERNAL_MEMORY]
+    # The random moment counts from when the take sends its snapshotCreateXML call
+    # (the pre-checks take a few ms: counted from the start, most kills landed there).
+    sent: list[float] = []
+    create = libvirt.virDomain.snapshotCreateXML
+
+    def spied(dom: libvirt.virDomain, xml: str, flags: int = 0) -> libvirt.virDomainSnapshot:
+        sent.append(time.monotonic())
+        return create(dom, xml, flags)
+
+    monkeypatch.setattr(libvirt.virDomain, "snapshotCreateXML", spied)
     for round_number in range(rounds):
         ready(fault_loader)
         guest = fault_guest()
         before = guest.files()
         mode = rng.choice(modes)
-        delay = rng.uniform(0, 0.12)
+        delay = rng.uniform(0, 0.06)
         name = f"r{round_number}"
-        started = time.monotonic()
+        sent.clear()
         outcome = take_with_fault(
             fault_loader,
             guest,
             TakeRequest(name=name, mode=mode),
-            lambda s=started, d=delay: time.monotonic() - s >= d,
+            lambda d=delay: bool(sent) and time.monotonic() - sent[0] >= d,
             kill_and_restart(private_daemon),
         )
         check_outcome(guest, name, outcome, before)
