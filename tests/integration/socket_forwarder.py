@@ -63,7 +63,14 @@ class SocketForwarder:
             except OSError:
                 return
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.target)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                # The daemon is away (restarting): refuse this client, as the daemon's
+                # own socket would, and keep accepting the next ones.
+                upstream.close()
+                client.close()
+                continue
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
