@@ -322,7 +322,7 @@ def delete_snapshot(
             for r in records
         }
         raise _after_failed_delete(
-            loader, dom.UUIDString(), name, plan, exc, progress, overlays if here else None
+            loader, dom.UUIDString(), name, plan, exc, progress, overlays if here else None, images
         ) from None
     loader.invalidate(dom.UUIDString())
     _log.info("deleted %s from %s in %.2f s", plan.removes, name, time.monotonic() - started)
@@ -399,6 +399,7 @@ def _after_failed_delete(
     exc: libvirt.libvirtError,
     progress: ProgressCallback,
     overlays: dict[str, list[str]] | None,
+    images: dict[str, list[str]],
 ) -> VirtError:
     """What to tell after a failed delete; when the connection dropped, what the host
     says now (the delete may have finished, or the daemon's restart stopped the merge).
@@ -407,6 +408,8 @@ def _after_failed_delete(
     libvirt removes an overlay once QEMU has merged it and only then records the result:
     a daemon killed in between restarts still listing the snapshot, whose data is merged
     and whose overlay is gone. That snapshot is finished here (its record removed).
+    ``images``: the local images that held each internal snapshot before the delete; one
+    that none of them holds any more was deleted by QEMU, and its record goes too.
     """
     doing = f"deleting {quoted(plan.snapshot)}"
     if not is_connection_lost(exc):
@@ -423,6 +426,7 @@ def _after_failed_delete(
             and overlays.get(n)
             and not any(os.path.lexists(path) for path in overlays[n])
         )
+        merged += sorted(n for n in still if n in images and _gone_from(images[n], n))
         for snapshot in merged:
             dom.snapshotLookupByName(snapshot, 0).delete(
                 libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
@@ -433,13 +437,20 @@ def _after_failed_delete(
             f"The connection to the host was lost while {doing}, and the host could not "
             f"say afterwards whether it finished ({explain(again).message})"
         )
-    stale = (
-        f" Its data had been merged and its overlay removed, so vmsnap removed libvirt's "
-        f"record of {', '.join(quoted(n) for n in merged)} as well; libvirt shows the VM's "
-        "old disk chain until the VM is shut off and started again."
-        if merged
-        else ""
-    )
+    external_done = [n for n in merged if n not in images]
+    internal_done = [n for n in merged if n in images]
+    stale = ""
+    if external_done:
+        stale += (
+            " Its data had been merged and its overlay removed, so vmsnap removed libvirt's "
+            f"record of {', '.join(quoted(n) for n in external_done)} as well; libvirt shows "
+            "the VM's old disk chain until the VM is shut off and started again."
+        )
+    if internal_done:
+        stale += (
+            f" QEMU had removed {', '.join(quoted(n) for n in internal_done)} from the disk "
+            "images, so vmsnap removed libvirt's record as well."
+        )
     if not still:
         return VirtError(
             f"The connection to the host was lost while {doing}, but the host finished: "
@@ -461,6 +472,15 @@ def _after_failed_delete(
         f"The connection to the host was lost while {doing}; {quoted(name)} still has "
         f"{', '.join(quoted(n) for n in sorted(still))}.{caveat}{partly}"
     )
+
+
+def _gone_from(paths: list[str], snapshot: str) -> bool:
+    """True when every image in ``paths`` can be read and none holds ``snapshot``."""
+    for path in paths:
+        entries = internal_entries(path)
+        if entries is None or any(e.name == snapshot for e in entries):
+            return False
+    return True
 
 
 # A VirtError code (not libvirt's) for "the connection dropped but the delete completed".

@@ -11,6 +11,8 @@ tools independent of the code under test (virsh's XML, ``qemu-img info``, ``qemu
   a merge removed it and before it recorded the new chain);
 - every byte pattern written before is still read back;
 - nothing the operation created is left unless something references it;
+- no image holds an internal snapshot libvirt does not list, and libvirt lists none
+  that no image holds;
 - the VM is in the state the message says, and it starts again;
 - the message is one plain sentence.
 """
@@ -302,11 +304,22 @@ def assert_host_intact(guest: FaultGuest, before: set[str], message: str | None 
         assert path in named, f"{path} was left behind and nothing uses it ({message!r})"
     if message is not None:
         assert "\n" not in message and "Traceback" not in message, message
-    listed = {s.getName() for s in guest.dom().listAllSnapshots(0)}
+    snapshots = guest.dom().listAllSnapshots(0)
+    listed = {s.getName() for s in snapshots}
+    held: set[str] = set()
     for path in guest.files():
         if path.endswith(".qcow2"):
-            hidden = set(internal_snapshot_names(path)) - listed
+            inside = set(internal_snapshot_names(path))
+            held |= inside
+            hidden = inside - listed
             assert not hidden, f"{path} holds internal snapshots libvirt does not list: {hidden}"
+    for snapshot in snapshots:
+        disks = ET.fromstring(snapshot.getXMLDesc(0)).findall("./disks/disk")
+        if any(disk.get("snapshot") == "internal" for disk in disks):
+            assert snapshot.getName() in held, (
+                f"libvirt lists the internal snapshot {snapshot.getName()!r}, which no image "
+                f"holds ({message!r})"
+            )
     guest.flush()
     for target, pattern, offset, length in guest.patterns:
         image = guest.active_image(target)

@@ -23,15 +23,15 @@ from tests.integration.faults.conftest import (
     discard,
     fault_rng,
     fresh_conn,
+    kill_and_restart,
     ready,
     soak_record,
     soak_rounds,
 )
 from tests.integration.faults.private_daemon import PrivateDaemon
-from tests.integration.faults.test_take_faults import kill_and_restart
 from vmsnapgui.core.errors import UserError
 from vmsnapgui.core.snapshot import DomainState
-from vmsnapgui.virt.delete_snapshot import DeletePlan, delete_snapshot
+from vmsnapgui.virt.delete_snapshot import DeleteMode, DeletePlan, delete_snapshot
 from vmsnapgui.virt.revert_snapshot import RevertResult, revert_snapshot
 from vmsnapgui.virt.snapshot_loader import SnapshotLoader
 from vmsnapgui.virt.take_snapshot import SnapshotMode, TakeRequest, take_snapshot
@@ -171,17 +171,19 @@ def delete_with_fault(
     name: str,
     condition: Callable[[], bool],
     fault: Callable[[], None],
+    mode: DeleteMode = DeleteMode.SNAPSHOT,
 ) -> DeletePlan | UserError:
     watch = FaultWatch(condition, fault)
     outcome: DeletePlan | UserError
     try:
-        outcome = delete_snapshot(loader, guest.name, name)
+        outcome = delete_snapshot(loader, guest.name, name, mode)
     except UserError as exc:
         outcome = exc
     finally:
         watch.stop()
         assert watch.error is None, watch.error
-    soak_record("delete", "daemon killed", watch.fired.is_set(), outcome)
+    operation = "delete" if mode is DeleteMode.SNAPSHOT else f"delete {mode.value}"
+    soak_record(operation, "daemon killed", watch.fired.is_set(), outcome)
     return outcome
 
 
@@ -249,11 +251,24 @@ def test_soak_deletes_with_the_daemon_killed_at_random_moments(
     fault_loader: SnapshotLoader,
     fault_guest: GuestMaker,
     private_daemon: PrivateDaemon,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = fault_rng(request.config)
+    # The random moment counts from when the delete call is sent, not from the checks
+    # before it (reading the host's references takes a while and would take the kills).
+    sent: list[float] = []
+    delete = libvirt.virDomainSnapshot.delete
+
+    def spied(snapshot: libvirt.virDomainSnapshot, flags: int = 0) -> int:
+        sent.append(time.monotonic())
+        return delete(snapshot, flags)
+
+    monkeypatch.setattr(libvirt.virDomainSnapshot, "delete", spied)
     for _ in range(soak_rounds(request.config, default=2)):
         ready(fault_loader)
-        if rng.random() < 0.5:
+        mode = DeleteMode.SNAPSHOT
+        kind = rng.choice(["external", "internal", "internal with a child"])
+        if kind == "external":
             guest, name = external_chain(fault_guest, fault_loader), "e1"
         else:
             guest, name = fault_guest(), "i1"
@@ -261,9 +276,23 @@ def test_soak_deletes_with_the_daemon_killed_at_random_moments(
                 fault_loader, guest.name, TakeRequest(name, mode=SnapshotMode.INTERNAL_MEMORY)
             )
             guest.write(0x41, MIB, MIB)
+            if kind == "internal with a child":
+                take_snapshot(
+                    fault_loader, guest.name, TakeRequest("i2", mode=SnapshotMode.INTERNAL_MEMORY)
+                )
+                guest.write(0x42, 2 * MIB, MIB)
+                mode = DeleteMode.CHILDREN
         before = guest.files()
+        sent.clear()
+        # An internal delete takes tens of milliseconds; a merge, hundreds.
+        delay = rng.uniform(0, 0.3 if kind == "external" else 0.04)
         outcome = delete_with_fault(
-            fault_loader, guest, name, after(rng.uniform(0, 0.15)), kill_and_restart(private_daemon)
+            fault_loader,
+            guest,
+            name,
+            lambda d=delay: bool(sent) and time.monotonic() - sent[0] >= d,
+            kill_and_restart(private_daemon),
+            mode,
         )
         check_delete(guest, name, outcome, before)
         discard(guest)
