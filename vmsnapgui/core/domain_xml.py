@@ -7,7 +7,7 @@ escaped correctly.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -256,6 +256,22 @@ def with_disk_sources(domain_xml: str, sources: dict[str, tuple[str, str]]) -> s
         driver.set("type", fmt)
         disk.insert(list(disk).index(driver) + 1, ET.Element("source", file=path))
     return ET.tostring(root, encoding="unicode")
+
+
+def without_chains_through(domain_xml: str, gone: Collection[str]) -> str:
+    """The definition with the recorded backing chain dropped from every disk whose chain
+    names a file in ``gone`` (libvirt then reads the chain from the images' headers).
+
+    Unchanged (the same string) when no disk names one.
+    """
+    root = ET.fromstring(domain_xml)
+    changed = False
+    for disk in root.findall("./devices/disk"):
+        if any(source.get("file") in gone for source in disk.iter("source")):
+            for element in disk.findall("backingStore"):
+                disk.remove(element)
+                changed = True
+    return ET.tostring(root, encoding="unicode") if changed else domain_xml
 
 
 def _set_child_text(root: ET.Element, tag: str, text: str) -> None:

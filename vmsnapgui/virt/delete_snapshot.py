@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import libvirt
 
 from vmsnapgui.core.disk_usage import DomainUsage
-from vmsnapgui.core.domain_xml import domain_disks
+from vmsnapgui.core.domain_xml import domain_disks, without_chains_through
 from vmsnapgui.core.progress import Progress, ProgressCallback, ignore_progress
 from vmsnapgui.core.quoting import quoted
 from vmsnapgui.core.snapshot import DiskKind, MemoryKind, Snapshot
@@ -432,6 +432,15 @@ def _after_failed_delete(
                 libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
             )
         still -= set(merged)
+        removed_files = {path for n in merged for path in (overlays or {}).get(n, [])}
+        if removed_files and dom.isPersistent():
+            # libvirt records the chain in the saved definition too; one naming the
+            # removed overlay would not start ("Cannot access backing file").
+            flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+            saved = dom.XMLDesc(flags)
+            fixed = without_chains_through(saved, removed_files)
+            if fixed != saved:
+                conn.defineXML(fixed)
     except libvirt.libvirtError as again:
         return VirtError(
             f"The connection to the host was lost while {doing}, and the host could not "
@@ -443,8 +452,9 @@ def _after_failed_delete(
     if external_done:
         stale += (
             " Its data had been merged and its overlay removed, so vmsnap removed libvirt's "
-            f"record of {', '.join(quoted(n) for n in external_done)} as well; libvirt shows "
-            "the VM's old disk chain until the VM is shut off and started again."
+            f"record of {', '.join(quoted(n) for n in external_done)} and the removed file "
+            "from the VM's saved definition as well; libvirt shows the running VM's old disk "
+            "chain until the VM is shut off and started again."
         )
     if internal_done:
         stale += (

@@ -508,7 +508,7 @@ def test_soak_clones_with_random_faults_at_random_moments(
         # Stop the source (its clones may stand on its files, so it stays defined):
         # a long soak must not pile up running guests.
         conn = fresh_conn(private_daemon)
-        running = conn.lookupByName(source.name)
+        running = conn.lookupByName(source.guest.name)
         if running.isActive():
             running.destroy()
         conn.close()
